@@ -1,0 +1,38 @@
+# The two commands a new machine needs (Python 3.11 and a reachable RabbitMQ):
+#   make demo   set up, then run the main job on the embedded defaults and show its result
+#   make test   set up, then run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint dev bench-drain
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	scripts/ensure-broker
+	$(BIN)/invsync demo
+
+test: install
+	scripts/ensure-broker
+	$(BIN)/ruff check invsync_pipeline invsync_pipeline_tests bench
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check invsync_pipeline invsync_pipeline_tests bench
+	$(BIN)/ruff format --check invsync_pipeline invsync_pipeline_tests bench
+
+dev: install
+	scripts/ensure-broker
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/runtime/dagster_home} scripts/dagster-home
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/runtime/dagster_home} $(BIN)/dagster dev -w workspace.yaml
+
+bench-drain: install
+	scripts/ensure-broker
+	$(BIN)/python bench/drain.py

@@ -1,0 +1,145 @@
+"""Where invsync finds its configuration, its runtime files and the broker.
+
+Configuration is one YAML file (``data/invsync.yaml`` by default, ``INVSYNC_CONFIG`` to point
+elsewhere) validated by the models below. Secrets and per-machine facts come from the
+environment, never from the file:
+
+- ``INVSYNC_AMQP_URL``   broker URL, default ``amqp://127.0.0.1:5672/%2F`` (pika's guest login)
+- ``INVSYNC_HOME``       runtime directory (staged events, outbox, DuckDB), default ``data/runtime``
+- ``INVSYNC_NAMESPACE``  prefix for every exchange and queue name, so tests and plants can share
+                         one broker without touching each other's topology
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "data" / "invsync.yaml"
+DEFAULT_AMQP_URL = "amqp://127.0.0.1:5672/%2F"
+
+MATERIAL_TYPES = ("raw", "wip", "finished", "packaging", "mro")
+TRANSACTION_TYPES = ("receipt", "issue", "transfer", "adjustment", "cycle_count")
+CRITICAL_TRANSACTION_TYPES = ("receipt", "issue", "transfer")
+NON_CRITICAL_TRANSACTION_TYPES = ("adjustment", "cycle_count")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlantQueue(_Strict):
+    """One work queue of a plant: which material types and transaction types it carries."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9_-]+$")
+    material_types: tuple[str, ...] = Field(default=("*",))
+    transaction_types: tuple[str, ...] = Field(default=CRITICAL_TRANSACTION_TYPES)
+
+    @field_validator("material_types")
+    @classmethod
+    def _known_material_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item != "*" and item not in MATERIAL_TYPES:
+                raise ValueError(f"unknown material type {item!r}; use one of {MATERIAL_TYPES} or '*'")
+        return value
+
+    @field_validator("transaction_types")
+    @classmethod
+    def _known_transaction_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item not in TRANSACTION_TYPES:
+                raise ValueError(f"unknown transaction type {item!r}; use one of {TRANSACTION_TYPES}")
+        return value
+
+
+class Plant(_Strict):
+    """A plant is a warehouse code (the part of ``location`` before "/") and its work queues."""
+
+    warehouse: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    queues: tuple[PlantQueue, ...]
+
+
+class TopologySettings(_Strict):
+    exchange: str = "inventory"
+    queue_type: Literal["classic", "quorum"] = "classic"
+    message_ttl_ms: int = Field(default=24 * 3600 * 1000, gt=0)
+    retry_delays_ms: tuple[int, ...] = (60_000, 300_000, 900_000)
+    ledger_tap_queue: str = "ledger.tap"
+    plants: tuple[Plant, ...] = ()
+
+
+class StagingSettings(_Strict):
+    batch_max_events: int = Field(default=5000, gt=0)
+    batch_max_seconds: float = Field(default=2.0, gt=0)
+    tick_max_seconds: float = Field(default=30.0, gt=0, lt=55)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+
+class OutboxSettings(_Strict):
+    # 2 h of peak traffic at 100 events/s, the sizing rule in the foundation issue.
+    capacity_events: int = Field(default=720_000, gt=0)
+    confirm_window: int = Field(default=1000, gt=0)
+
+
+class Settings(_Strict):
+    topology: TopologySettings = TopologySettings()
+    staging: StagingSettings = StagingSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    amqp_url: str = DEFAULT_AMQP_URL
+    home: Path = PROJECT_ROOT / "data" / "runtime"
+    namespace: str = ""
+
+    def name(self, local: str) -> str:
+        """The broker-side name of an exchange or queue, with the namespace prefix."""
+        return f"{self.namespace}{local}" if self.namespace else local
+
+    @property
+    def staged_dir(self) -> Path:
+        return self.home / "staged"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.home / "outbox.sqlite"
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or breaks a rule; the message says which."""
+
+
+def load_settings(config_path: str | Path | None = None, **overrides: object) -> Settings:
+    """Read the YAML file, then apply the environment, then explicit overrides."""
+    path = Path(config_path or os.environ.get("INVSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    elif config_path or os.environ.get("INVSYNC_CONFIG"):
+        raise ConfigError(f"config file {path} does not exist (set INVSYNC_CONFIG to the right path)")
+    if url := os.environ.get("INVSYNC_AMQP_URL"):
+        raw["amqp_url"] = url
+    if home := os.environ.get("INVSYNC_HOME"):
+        raw["home"] = home
+    if (namespace := os.environ.get("INVSYNC_NAMESPACE")) is not None:
+        raw["namespace"] = namespace
+    raw.update(overrides)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,60 @@
+"""Fixtures: a namespaced topology on the real local broker and a runtime dir under tmp_path.
+
+Each test gets its own INVSYNC_NAMESPACE, so tests never see each other's queues, and its own
+INVSYNC_HOME, so staged events, outboxes and DuckDB files are real files that vanish with
+tmp_path. A missing broker fails the test with how to start one; it never skips.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pika
+import pytest
+
+from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
+from invsync_pipeline.messaging.topology import Topology, apply_topology, delete_topology
+from invsync_pipeline.settings import Settings, load_settings
+
+# Short retry tiers so a message can walk retry 1 -> 2 -> 3 -> parking inside a test.
+TEST_RETRY_DELAYS_MS = [300, 600, 900]
+
+
+def _broker_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> Settings:
+    monkeypatch.setenv("INVSYNC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("INVSYNC_NAMESPACE", f"test.{uuid.uuid4().hex[:10]}.")
+    base = load_settings()
+    return load_settings(topology={**base.topology.model_dump(), "retry_delays_ms": TEST_RETRY_DELAYS_MS})
+
+
+@pytest.fixture
+def connection(settings) -> Iterator[pika.BlockingConnection]:
+    try:
+        conn = connect(settings)
+    except BrokerUnavailable as exc:
+        pytest.fail(f"{exc}\nThe test command (`make test`) starts a local broker when it is installed.")
+    yield conn
+    if conn.is_open:
+        conn.close()
+
+
+@pytest.fixture
+def topology(settings, connection) -> Iterator[Topology]:
+    topo = apply_topology(settings, connection)
+    yield topo
+    conn = connect(settings)
+    try:
+        delete_topology(settings, conn)
+    finally:
+        conn.close()
