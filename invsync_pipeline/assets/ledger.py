@@ -1,0 +1,88 @@
+"""transaction_ledger: the hour's movements summed per material x location x source system."""
+
+import dagster as dg
+
+from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
+from invsync_pipeline.messaging.staged_log import hour_bounds
+from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.resources import WarehouseResource
+from invsync_pipeline.warehouse import sql
+
+_QTY = "DECIMAL(18,6)"
+LEDGER_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("partition_hour", "TIMESTAMPTZ"),
+        dg.TableColumn("material_number", "VARCHAR"),
+        dg.TableColumn("material_type", "VARCHAR"),
+        dg.TableColumn("location", "VARCHAR"),
+        dg.TableColumn("unit", "VARCHAR"),
+        dg.TableColumn("source_system", "VARCHAR"),
+        dg.TableColumn("target_system", "VARCHAR", description="for RECON corrections"),
+        dg.TableColumn("receipts", _QTY),
+        dg.TableColumn("issues", _QTY),
+        dg.TableColumn("transfers_in", _QTY),
+        dg.TableColumn("transfers_out", _QTY),
+        dg.TableColumn("adjustments", _QTY, description="signed"),
+        dg.TableColumn(
+            "net_movement", _QTY, description="receipts - issues + transfers_in - transfers_out + adjustments"
+        ),  # fmt: skip
+        dg.TableColumn("last_counted_balance", _QTY, description="latest cycle count of the hour"),
+        dg.TableColumn("last_counted_at", "TIMESTAMPTZ"),
+        dg.TableColumn("receipt_count", "INTEGER"),
+        dg.TableColumn("issue_count", "INTEGER"),
+        dg.TableColumn("transfer_in_count", "INTEGER"),
+        dg.TableColumn("transfer_out_count", "INTEGER"),
+        dg.TableColumn("adjustment_count", "INTEGER"),
+        dg.TableColumn("cycle_count_count", "INTEGER"),
+        dg.TableColumn("transaction_count", "INTEGER"),
+    ]
+)
+
+
+@dg.asset(
+    deps=[staged_inventory_events],
+    partitions_def=hourly_partitions,
+    group_name="ledger",
+    kinds={"duckdb"},
+    pool=DUCKDB_WRITER_POOL,
+    metadata={"dagster/column_schema": LEDGER_SCHEMA, "dagster/table_name": "ledger.transaction_ledger"},
+)
+def transaction_ledger(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """What moved in the hour, per material x location x unit x source system.
+
+    Receipts, issues, transfers in and out (a transfer counts out at its location and in at its
+    to_location), signed adjustments, the net movement, the last cycle count and the number of
+    movements of each kind. This is the "transactions" term of the hourly three-way check:
+    beginning balance + net movement - ending balance."""
+    hour_start, _ = hour_bounds(context.partition_key)
+    with warehouse.connect() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("DELETE FROM ledger.transaction_ledger WHERE partition_hour = ?", [hour_start])
+        conn.execute(
+            f"INSERT INTO ledger.transaction_ledger {sql('ledger/transaction_ledger')}",
+            {"partition_hour": hour_start},
+        )
+        rows, movements, net = conn.execute(
+            """SELECT count(*), coalesce(sum(transaction_count), 0), coalesce(sum(net_movement), 0)
+               FROM ledger.transaction_ledger WHERE partition_hour = ?""",
+            [hour_start],
+        ).fetchone()
+        top = conn.execute(
+            """SELECT source_system, count(*) AS ledger_rows, sum(receipts), sum(issues),
+                      sum(transfers_in), sum(transfers_out), sum(adjustments)
+               FROM ledger.transaction_ledger WHERE partition_hour = ?
+               GROUP BY ALL ORDER BY 1""",
+            [hour_start],
+        ).fetchall()
+        conn.execute("COMMIT")
+    table = "| source | rows | receipts | issues | transfers in | transfers out | adjustments |\n"
+    table += "|---|---|---|---|---|---|---|\n"
+    table += "".join(f"| {' | '.join(str(v) for v in row)} |\n" for row in top)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rows,
+            "movements": movements,
+            "net_movement_sum": float(net),
+            "by_source": dg.MetadataValue.md(table),
+        }
+    )

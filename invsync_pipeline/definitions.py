@@ -1,0 +1,16 @@
+"""The one Definitions of invsync: assets, checks, jobs, sensors and resources."""
+
+import dagster as dg
+
+from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.staging import staged_inventory_events
+from invsync_pipeline.jobs import stage_and_ledger_job
+from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
+
+defs = dg.Definitions(
+    assets=[staged_inventory_events, transaction_ledger],
+    jobs=[stage_and_ledger_job],
+    sensors=[ledger_tap_sensor],
+    resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
+)

@@ -1,0 +1,184 @@
+"""The staged event log: append-only JSON Lines segments on disk, one folder per UTC hour.
+
+A segment is written to a temporary file, fsynced, renamed into place and its folder fsynced,
+so a segment either exists whole or not at all. The drain acks a message only after the
+segment holding it exists, which makes the log the durable copy of everything the ledger tap
+carried. Segments are never changed; a redelivered message may appear in two segments, and
+readers de-duplicate by transaction_id.
+
+Layout under ``staged/``::
+
+    events/2026-11-24T15/<segment_id>.jsonl      valid events whose timestamp falls in that hour
+    quarantine/<segment_id>.jsonl                invalid messages, kept whole, with the reason
+
+Segment ids start with a nanosecond timestamp, so sorting them sorts them by write time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+PARTITION_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
+HOUR_DIR_FORMAT = "%Y-%m-%dT%H"
+
+
+def partition_key_of(ts: datetime) -> str:
+    """The hourly partition key (UTC) of a timestamp."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%d-%H:00")
+
+
+def hour_dir_name(partition_key: str) -> str:
+    return datetime.strptime(partition_key, PARTITION_FORMAT).strftime(HOUR_DIR_FORMAT)
+
+
+def partition_key_of_dir(name: str) -> str:
+    return datetime.strptime(name, HOUR_DIR_FORMAT).strftime(PARTITION_FORMAT)
+
+
+def hour_bounds(partition_key: str) -> tuple[datetime, datetime]:
+    start = datetime.strptime(partition_key, PARTITION_FORMAT).replace(tzinfo=UTC)
+    return start, start + timedelta(hours=1)
+
+
+def new_segment_id() -> str:
+    return f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class QuarantinedMessage:
+    """An invalid message and why; the body is kept whole (base64, since it may not be text)."""
+
+    received_at: str
+    routing_key: str
+    message_id: str | None
+    field: str
+    value: str
+    rule: str
+    body: bytes
+    headers: dict[str, Any] | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return {
+            "received_at": self.received_at,
+            "routing_key": self.routing_key,
+            "message_id": self.message_id,
+            "field": self.field,
+            "value": self.value,
+            "rule": self.rule,
+            "reason": f"{self.field}={self.value}: {self.rule}",
+            "body_b64": base64.b64encode(self.body).decode("ascii"),
+            "body_bytes": len(self.body),
+            "headers": _jsonable(self.headers or {}),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class StagedEventLog:
+    """Writes and lists segments; it never rewrites one."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.events_dir = self.root / "events"
+        self.quarantine_dir = self.root / "quarantine"
+
+    # --- writing -------------------------------------------------------------------------------
+    def write_events(self, rows_by_partition: dict[str, list[str]], segment_id: str) -> list[Path]:
+        """Write one segment per hour, each atomically and durably. Rows are JSON lines."""
+        written = []
+        for partition_key, lines in rows_by_partition.items():
+            folder = self.events_dir / hour_dir_name(partition_key)
+            written.append(self._write_atomic(folder, f"{segment_id}.jsonl", lines))
+        return written
+
+    def write_quarantine(self, messages: Iterable[QuarantinedMessage], segment_id: str) -> Path | None:
+        lines = [json.dumps(m.to_row(), separators=(",", ":")) for m in messages]
+        if not lines:
+            return None
+        return self._write_atomic(self.quarantine_dir, f"{segment_id}.jsonl", lines)
+
+    def _write_atomic(self, folder: Path, name: str, lines: list[str]) -> Path:
+        new_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / name
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines))
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        if new_folder:
+            _fsync_dir(folder.parent)
+        return final
+
+    # --- reading -------------------------------------------------------------------------------
+    def segments(self, partition_key: str) -> list[Path]:
+        """The segments of one hour, oldest first (temporary files of a crashed write excluded)."""
+        folder = self.events_dir / hour_dir_name(partition_key)
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.suffix == ".jsonl" and not p.name.startswith("."))
+
+    def partitions_with_segments_after(self, segment_id: str) -> dict[str, str]:
+        """For every hour holding a segment newer than ``segment_id``: its newest segment id."""
+        newest: dict[str, str] = {}
+        if not self.events_dir.is_dir():
+            return newest
+        for folder in self.events_dir.iterdir():
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                name = entry.name
+                if name.startswith(".") or not name.endswith(".jsonl"):
+                    continue
+                seg = name[: -len(".jsonl")]
+                if seg > segment_id:
+                    key = partition_key_of_dir(folder.name)
+                    if seg > newest.get(key, ""):
+                        newest[key] = seg
+        return newest
+
+    def quarantine_segments(self) -> list[Path]:
+        if not self.quarantine_dir.is_dir():
+            return []
+        return sorted(p for p in self.quarantine_dir.iterdir() if p.suffix == ".jsonl" and not p.name.startswith("."))
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        rows = []
+        for path in self.quarantine_segments():
+            with open(path, encoding="utf-8") as fh:
+                rows.extend(json.loads(line) for line in fh if line.strip())
+        return rows
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,50 @@
+"""The DuckDB warehouse: opening it, creating its tables, and running the SQL files in sql/.
+
+DuckDB allows one read-write process at a time. Only asset runs open it for writing, and they
+share the Dagster concurrency pool ``duckdb_writer`` (limit 1); everyone else opens it
+read-only or reads an exported copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import duckdb
+
+from invsync_pipeline.settings import PROJECT_ROOT
+
+SQL_DIR = PROJECT_ROOT / "sql"
+SCHEMA_FILES = ("staging.sql", "ledger.sql")
+
+
+@cache
+def sql(name: str) -> str:
+    """The text of ``sql/<name>.sql`` (e.g. ``staging/inventory_events``)."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; invsync runs from a checkout that has sql/")
+    return path.read_text()
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    for name in SCHEMA_FILES:
+        conn.execute((SQL_DIR / "schema" / name).read_text())
+
+
+@contextmanager
+def open_warehouse(path: str | Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection with UTC as its time zone; the schema is created when opened for writing."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect(str(path), read_only=read_only)
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            ensure_schema(conn)
+        yield conn
+    finally:
+        conn.close()
