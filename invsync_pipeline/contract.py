@@ -35,12 +35,11 @@ Reason = Literal[
     "correction",
 ]
 
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 _LOCATION = r"^[A-Za-z0-9_-]{1,16}/[A-Za-z0-9_-]{1,16}$"
 _QUANTITY_MAX = Decimal("1e12")
 _QUANTITY_DECIMALS = 6
+_DECIMAL_STRING = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
 # SAP movement type -> contract transaction type (DESIGN.md). A reversal is the code + 1 and
 # the opposite movement: 102 reverses a receipt, so it is an issue; 312 is still a transfer.
@@ -64,6 +63,9 @@ class ContractViolation(ValueError):
         self.value = value
         self.rule = rule
         super().__init__(str(self))
+
+    def __reduce__(self):  # picklable, so it can cross process boundaries
+        return (ContractViolation, (self.field, self.value, self.rule))
 
     def __str__(self) -> str:
         return f"{self.field}={_short(self.value)}: {self.rule}"
@@ -145,8 +147,12 @@ def parse_event(body: bytes | str | dict, *, max_body_bytes: int = DEFAULT_MAX_B
     """Parse and validate a message body; raise ContractViolation naming field, value and rule."""
     data = body if isinstance(body, dict) else _decode(body, max_body_bytes)
     data = dict(data)
-    data["timestamp"] = _timestamp(data.get("timestamp", _MISSING))
-    data["quantity"] = _quantity(data.get("quantity", _MISSING))
+    # Only present fields are converted: a missing one must reach pydantic as missing, so the
+    # error says "is required" rather than complaining about the type of a placeholder.
+    if "timestamp" in data:
+        data["timestamp"] = _timestamp(data["timestamp"])
+    if "quantity" in data:
+        data["quantity"] = _quantity(data["quantity"])
     try:
         event = InventoryEvent.model_validate(data)
     except ValidationError as exc:
@@ -174,7 +180,8 @@ _MISSING = _Missing()
 
 
 def _decode(body: bytes | str, max_body_bytes: int) -> dict:
-    size = len(body)
+    # The limit is on bytes on the wire; a str counts its UTF-8 encoding, not its characters.
+    size = len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else len(body)
     if size == 0:
         raise ContractViolation("body", "", "must be a JSON object; the message body is empty")
     if size > max_body_bytes:
@@ -198,7 +205,8 @@ def _timestamp(value: Any) -> Any:
             "timestamp", value, "must be an RFC 3339 string with an offset, e.g. 2026-11-24T10:15:00Z"
         )
     try:
-        return datetime.fromisoformat(value.replace("z", "Z"))
+        # Normalised to UTC, so hour partitions never depend on the sender's offset.
+        return datetime.fromisoformat(value.replace("z", "Z")).astimezone(UTC)
     except ValueError as exc:
         raise ContractViolation("timestamp", value, f"is not a real date and time ({exc})") from None
 
@@ -209,8 +217,10 @@ def _quantity(value: Any) -> Any:
     # bool is an int in Python; a JSON true is never a quantity.
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ContractViolation("quantity", value, "must be a decimal number (JSON number or numeric string)")
+    if isinstance(value, str) and not _DECIMAL_STRING.match(value):
+        raise ContractViolation("quantity", value, 'must be a plain decimal string such as "12.5" or "-3"')
     try:
-        quantity = Decimal(str(value)) if not isinstance(value, str) else Decimal(value.strip())
+        quantity = Decimal(str(value)) if not isinstance(value, str) else Decimal(value)
     except InvalidOperation:
         raise ContractViolation("quantity", value, "must be a decimal number") from None
     if not quantity.is_finite():
@@ -221,7 +231,9 @@ def _quantity(value: Any) -> Any:
         Decimal(1).scaleb(-_QUANTITY_DECIMALS)
     ):
         raise ContractViolation("quantity", value, f"must have at most {_QUANTITY_DECIMALS} decimal places")
-    return quantity
+    # One canonical form ("1.50" and "1.5" are the same quantity), never in exponent notation.
+    quantity = quantity.quantize(Decimal(1).scaleb(-_QUANTITY_DECIMALS)).normalize()
+    return quantity if quantity.as_tuple().exponent <= 0 else quantity.quantize(Decimal(1))
 
 
 _RULES = {
@@ -281,7 +293,9 @@ def _check_cross_field_rules(event: InventoryEvent) -> None:
     if event.movement_type is not None and (expected := MOVEMENT_TYPES.get(event.movement_type)):
         if expected != kind:
             raise ContractViolation(
-                "movement_type", event.movement_type, f"SAP movement type {event.movement_type} means {expected}, not {kind}"
+                "movement_type",
+                event.movement_type,
+                f"SAP movement type {event.movement_type} means {expected}, not {kind}",
             )
         if event.movement_type == "701" and quantity < 0:
             raise ContractViolation("quantity", quantity, "must be > 0 for movement type 701 (inventory gain)")
@@ -301,9 +315,10 @@ def json_schema() -> dict[str, Any]:
     for optional in ("to_location", "movement_type", "target_system"):
         props[optional] = {k: v for k, v in props[optional].items() if k != "default"}
         props[optional].pop("anyOf", None)
-    props["to_location"].update(type="string", pattern=_LOCATION)
-    props["movement_type"].update(type="string", pattern=r"^\d{3}$")
-    props["target_system"].update(type="string", enum=["ERP", "MES"])
+    # null is read as absent by the parser, so the schema allows it too.
+    props["to_location"].update(type=["string", "null"], pattern=_LOCATION)
+    props["movement_type"].update(type=["string", "null"], pattern=r"^\d{3}$")
+    props["target_system"].update(type=["string", "null"], enum=["ERP", "MES", None])
     schema.update(
         {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -313,12 +328,20 @@ def json_schema() -> dict[str, Any]:
             + " Routing key: inventory.{warehouse}.{material_type}.{transaction_type}.",
             "additionalProperties": False,
             "allOf": [
-                {"if": {"properties": {"transaction_type": {"const": "transfer"}}},
-                 "then": {"required": ["to_location"]}, "else": {"not": {"required": ["to_location"]}}},
-                {"if": {"properties": {"source_system": {"const": "RECON"}}},
-                 "then": {"required": ["target_system"]}, "else": {"not": {"required": ["target_system"]}}},
-                {"if": {"properties": {"transaction_type": {"enum": ["receipt", "issue", "transfer"]}}},
-                 "then": {"properties": {"quantity": {"exclusiveMinimum": 0, "pattern": r"^\d+(\.\d{1,6})?$"}}}},
+                {
+                    "if": {"properties": {"transaction_type": {"const": "transfer"}}},
+                    "then": {"required": ["to_location"], "properties": {"to_location": {"type": "string"}}},
+                    "else": {"properties": {"to_location": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"source_system": {"const": "RECON"}}},
+                    "then": {"required": ["target_system"], "properties": {"target_system": {"type": "string"}}},
+                    "else": {"properties": {"target_system": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"transaction_type": {"enum": ["receipt", "issue", "transfer"]}}},
+                    "then": {"properties": {"quantity": {"exclusiveMinimum": 0, "pattern": r"^\d+(\.\d{1,6})?$"}}},
+                },
             ],
         }  # fmt: skip
     )

@@ -25,7 +25,9 @@ import pika.exceptions
 from invsync_pipeline.messaging.connection import connect
 from invsync_pipeline.settings import Settings
 
-RETRY_TIER_HEADER = "x-invsync-retry-tier"
+# Not "x-" prefixed: a headers exchange ignores x- headers when matching with x-match=all, so
+# "x-invsync-retry-tier" would match every tier and copy a failed message into all of them.
+RETRY_TIER_HEADER = "invsync-retry-tier"
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,21 @@ def apply_topology(settings: Settings, connection: pika.BlockingConnection | Non
     try:
         channel = conn.channel()
         for ex in topo.exchanges:
-            channel = _declare(conn, channel, f"exchange {ex.name!r}", lambda ch, ex=ex: ch.exchange_declare(
-                ex.name, exchange_type=ex.type, durable=True, arguments=ex.arguments or None))
+            channel = _declare(
+                conn,
+                channel,
+                f"exchange {ex.name!r}",
+                lambda ch, ex=ex: ch.exchange_declare(
+                    ex.name, exchange_type=ex.type, durable=True, arguments=ex.arguments or None
+                ),
+            )
         for q in topo.queues:
-            channel = _declare(conn, channel, f"queue {q.name!r}", lambda ch, q=q: ch.queue_declare(
-                q.name, durable=True, arguments=q.arguments))
+            channel = _declare(
+                conn,
+                channel,
+                f"queue {q.name!r}",
+                lambda ch, q=q: ch.queue_declare(q.name, durable=True, arguments=q.arguments),
+            )
         for b in topo.bindings:
             channel.queue_bind(b.destination, b.source, routing_key=b.routing_key, arguments=b.arguments or None)
         channel.close()
