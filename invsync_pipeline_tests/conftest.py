@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 import pika
 import pytest
+import yaml
 
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.topology import Topology, apply_topology, delete_topology
-from invsync_pipeline.settings import Settings, load_settings
+from invsync_pipeline.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
 
 # Short retry tiers so a message can walk retry 1 -> 2 -> 3 -> parking inside a test.
 TEST_RETRY_DELAYS_MS = [300, 600, 900]
@@ -32,10 +33,15 @@ def _broker_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
+    """Settings written to a config file and the environment, so subprocesses see them too."""
     monkeypatch.setenv("INVSYNC_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("INVSYNC_NAMESPACE", f"test.{uuid.uuid4().hex[:10]}.")
-    base = load_settings()
-    return load_settings(topology={**base.topology.model_dump(), "retry_delays_ms": TEST_RETRY_DELAYS_MS})
+    config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    config["topology"]["retry_delays_ms"] = TEST_RETRY_DELAYS_MS
+    path = tmp_path / "invsync.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("INVSYNC_CONFIG", str(path))
+    return load_settings()
 
 
 @pytest.fixture
