@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -16,10 +17,11 @@ class _Errors(click.Group):
     def invoke(self, ctx: click.Context):
         from invsync_pipeline.contract import ContractViolation
         from invsync_pipeline.messaging.connection import BrokerUnavailable
+        from invsync_pipeline.messaging.topology import TopologyConflict
 
         try:
             return super().invoke(ctx)
-        except (ConfigError, BrokerUnavailable, ContractViolation) as exc:
+        except (ConfigError, BrokerUnavailable, ContractViolation, TopologyConflict) as exc:
             click.echo(f"invsync: {exc}", err=True)
             sys.exit(2)
 
@@ -111,11 +113,341 @@ def topology_delete(ctx: click.Context, yes: bool) -> None:
 
 
 # --- publish (outbox) ---------------------------------------------------------------------------
-# PUBLISH-COMMANDS
+@main.command("publish")
+@click.argument("file", type=click.File("rb"))
+@click.option("--skip-invalid", is_flag=True, help="Enqueue the valid lines even if some lines are invalid.")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to spend publishing; what is left stays buffered for `invsync outbox flush`.")  # fmt: skip
+@click.pass_context
+def publish(ctx: click.Context, file, skip_invalid: bool, timeout: float) -> None:
+    """Validate a JSON Lines file of events, buffer them in the outbox and publish them."""
+    from invsync_pipeline.contract import try_parse_event
+    from invsync_pipeline.messaging.outbox import Outbox
+
+    events, bad = [], 0
+    for lineno, line in enumerate(file, start=1):
+        if not line.strip():
+            continue
+        result = try_parse_event(line.rstrip(b"\r\n"))
+        if hasattr(result, "transaction_id"):
+            events.append(result)
+        else:
+            bad += 1
+            click.echo(f"line {lineno}: {result}", err=True)
+    if bad and not skip_invalid:
+        click.echo(f"{bad} invalid line(s); nothing of {file.name} was enqueued. Fix them, or pass "
+                   "--skip-invalid to publish the valid lines only.", err=True)  # fmt: skip
+        sys.exit(1)
+    with _outbox_errors(), Outbox(_settings(ctx)) as box:
+        result = box.publish(events, max_seconds=timeout)
+    dup = f", {len(result.duplicates)} already buffered (ignored)" if result.duplicates else ""
+    skipped = f", {bad} invalid skipped" if bad else ""
+    click.echo(f"{result.enqueued.accepted} enqueued{dup}{skipped}; {result.published} published, "
+               f"{result.pending} buffered in the outbox")  # fmt: skip
+    if result.broker_error:
+        click.echo(f"invsync: not published yet: {result.broker_error}", err=True)
+
+
+@main.group()
+def outbox() -> None:
+    """The local buffer of events waiting for the broker's confirm."""
+
+
+@outbox.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def outbox_status(ctx: click.Context, as_json: bool) -> None:
+    """How many events wait in the outbox, since when, and for which routing keys."""
+    from invsync_pipeline.messaging.outbox import Outbox
+
+    with Outbox(_settings(ctx)) as box:
+        status = box.status()
+    oldest = status.oldest_enqueued_at.isoformat() if status.oldest_enqueued_at else None
+    if as_json:
+        click.echo(json.dumps({"path": status.path, "pending": status.pending, "capacity": status.capacity,
+                               "oldest_enqueued_at": oldest, "by_routing_key": status.by_routing_key}))  # fmt: skip
+        return
+    click.echo(f"{status.path}: {status.pending} of {status.capacity} events buffered"
+               + (f", oldest enqueued {oldest}" if oldest else ""))  # fmt: skip
+    for key, count in list(status.by_routing_key.items())[:20]:
+        click.echo(f"  {count:>9}  {key}")
+
+
+@outbox.command("flush")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Give up after this many seconds (reconnecting with backoff); 0 = until empty.")  # fmt: skip
+@click.pass_context
+def outbox_flush(ctx: click.Context, timeout: float) -> None:
+    """Publish everything in the outbox, retrying while the broker is away; exit 1 if some is left."""
+    from invsync_pipeline.messaging.outbox import Outbox
+
+    def on_retry(exc: Exception, wait: float) -> None:
+        click.echo(f"invsync: {exc} (retrying in {wait:.1f} s)", err=True)
+
+    with _outbox_errors(), Outbox(_settings(ctx)) as box:
+        result = box.flush_until_empty(timeout or None, on_retry=on_retry)
+    click.echo(result.summary())
+    sys.exit(1 if result.pending else 0)
+
+
+@contextlib.contextmanager
+def _outbox_errors():
+    """The outbox's own refusals (full, unroutable, no exchange) as one line and exit code 2."""
+    from invsync_pipeline.messaging.outbox import OutboxError
+
+    try:
+        yield
+    except OutboxError as exc:
+        click.echo(f"invsync: {exc}", err=True)
+        sys.exit(2)
 
 
 # --- staging ----------------------------------------------------------------------------------
-# STAGING-COMMANDS
+@main.group()
+def staged() -> None:
+    """The staged event log the ledger tap is drained into."""
+
+
+@staged.command("drain")
+@click.option("--seconds", type=float, default=None, help="Time budget (default staging.tick_max_seconds).")
+@click.pass_context
+def staged_drain(ctx: click.Context, seconds: float | None) -> None:
+    """Drain the ledger tap once, as a sensor tick does (durable before ack)."""
+    from invsync_pipeline.messaging.drain import drain_ledger_tap
+
+    click.echo(drain_ledger_tap(_settings(ctx), max_seconds=seconds).summary())
+
+
+@staged.command("status")
+@click.pass_context
+def staged_status(ctx: click.Context) -> None:
+    """Segments and events per hour, and the size of the quarantine."""
+    from invsync_pipeline.messaging.staged_log import StagedEventLog, partition_key_of_dir
+
+    staged_log = StagedEventLog(_settings(ctx).staged_dir)
+    hours = sorted(p.name for p in staged_log.events_dir.iterdir()) if staged_log.events_dir.is_dir() else []
+    click.echo(f"{'hour (UTC)':<18} {'segments':>8} {'lines':>10}")
+    for name in hours:
+        key = partition_key_of_dir(name)
+        segments = staged_log.segments(key)
+        lines = sum(p.read_bytes().count(b"\n") for p in segments)
+        click.echo(f"{key:<18} {len(segments):>8} {lines:>10}")
+    click.echo(f"quarantined messages: {len(staged_log.quarantined())} (invsync staged quarantine to list)")
+
+
+@staged.command("quarantine")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, body included.")
+@click.pass_context
+def staged_quarantine(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """List quarantined messages with their reasons, newest last."""
+    from invsync_pipeline.messaging.staged_log import StagedEventLog
+
+    rows = StagedEventLog(_settings(ctx).staged_dir).quarantined()[-limit:]
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            click.echo(f"{row['received_at']}  {row['routing_key']}  {row['body_bytes']} bytes  {row['reason']}")
+
+
+# --- reference MES --------------------------------------------------------------------------------
+@main.group()
+def mes() -> None:
+    """The reference MES service and look-ups against any MES (INVSYNC_MES_URL, INVSYNC_MES_TOKEN)."""
+
+
+def _mes_client(ctx: click.Context):
+    from invsync_pipeline.sources.mes import MesClient
+
+    return MesClient.from_settings(_settings(ctx))
+
+
+@mes.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="SQLite file (default <home>/mes.sqlite).")
+@click.pass_context
+def mes_serve(ctx: click.Context, host: str, port: int, db_path: str | None) -> None:
+    """Run the reference MES (a Smart Factory stand-in) in the foreground."""
+    from invsync_pipeline.reference.mes_service import serve
+
+    settings = _settings(ctx)
+    if not settings.mes_token:
+        raise click.ClickException(
+            "INVSYNC_MES_TOKEN is not set; the MES refuses to run without a bearer token. Set one, e.g. "
+            "export INVSYNC_MES_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    path = db_path or str(settings.home / "mes.sqlite")
+    click.echo(f"reference MES on http://{host}:{port} (data {path}); OpenAPI at /openapi.json", err=True)
+    serve(host, port, path, settings.mes_token)
+
+
+@mes.command("stock")
+@click.option("--location", help="Only this location, e.g. WH01/RM01.")
+@click.option("--material", "material_number", help="Only this material number.")
+@click.option("--as-of", "as_of", help="Stock as of this RFC 3339 instant, e.g. 2026-11-24T11:00:00Z.")
+@click.pass_context
+def mes_stock(ctx: click.Context, location: str | None, material_number: str | None, as_of: str | None) -> None:
+    """Print the MES's stock as a table."""
+    from invsync_pipeline.sources.mes import MesError
+
+    header = ("LOCATION", "MATERIAL", "UNIT", "QUANTITY")
+    try:
+        with _mes_client(ctx) as client:
+            rows = [(r.location, r.material_number, r.unit, format(r.quantity, "f"))
+                    for r in client.stock(location=location, material_number=material_number, as_of=as_of)]  # fmt: skip
+    except MesError as exc:
+        raise click.ClickException(str(exc)) from None
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        click.echo("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=False)),
+                              row[3].rjust(widths[3])]))  # fmt: skip
+    click.echo(f"{len(rows)} rows", err=True)
+
+
+@mes.command("faults")
+@click.option("--error-rate", type=click.FloatRange(0, 1), help="Share of inventory requests answered 500.")
+@click.option("--latency-ms", type=click.IntRange(0), help="Latency added to every inventory request.")
+@click.option("--outage/--no-outage", default=None, help="Answer 503 to inventory requests.")
+@click.pass_context
+def mes_faults(ctx: click.Context, error_rate: float | None, latency_ms: int | None, outage: bool | None) -> None:
+    """Show the reference MES's injected faults, or change them with the options."""
+    from invsync_pipeline.sources.mes import MesError
+
+    try:
+        with _mes_client(ctx) as client:
+            if error_rate is None and latency_ms is None and outage is None:
+                faults = client.get_faults()
+            else:
+                faults = client.set_faults(error_rate=error_rate, latency_ms=latency_ms, outage=outage)
+    except MesError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(faults, indent=2))
+
+
+# --- ERP ------------------------------------------------------------------------------------------
+@main.group()
+def erp() -> None:
+    """The ERP database: SAP-shaped tables at INVSYNC_ERP_URL (names from erp.tables in the config)."""
+
+
+def _erp(ctx: click.Context):
+    from invsync_pipeline.sources.erp import ErpDatabase
+
+    return ErpDatabase.from_settings(_settings(ctx))
+
+
+def _erp_failed(db, exc: Exception) -> click.ClickException:
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    return click.ClickException(
+        f"ERP database {db.url.render_as_string(hide_password=True)}: {reason}\n"
+        "Check INVSYNC_ERP_URL (or erp.url in the config); `invsync erp init` creates the tables."
+    )
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    from datetime import datetime
+
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an RFC 3339 instant such as 2026-11-24T10:00:00Z") from None
+    if ts.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no offset; add Z for UTC, e.g. {value}Z")
+    return ts
+
+
+@erp.command("init")
+@click.pass_context
+def erp_init(ctx: click.Context) -> None:
+    """Create the ERP tables if missing (reference plant and tests; a real SAP replica is read-only)."""
+    import sqlalchemy as sa
+
+    db = _erp(ctx)
+    try:
+        db.create_schema()
+    except sa.exc.DBAPIError as exc:
+        raise _erp_failed(db, exc) from None
+    click.echo(f"ERP tables ready at {db.url.render_as_string(hide_password=True)}")
+
+
+@erp.command("stock")
+@click.option("--as-of", "as_of", callback=_instant, help="RFC 3339 instant, e.g. 2026-11-24T10:00:00Z (default now).")
+@click.option("--plant", help="Only this plant (the warehouse code, e.g. WH01).")
+@click.pass_context
+def erp_stock(ctx: click.Context, as_of, plant: str | None) -> None:
+    """Print stock per material and location, now or as of an instant (like SAP's MB5B)."""
+    import sqlalchemy as sa
+
+    db = _erp(ctx)
+    try:
+        frame = db.stock_as_of(as_of, plant)
+    except sa.exc.DBAPIError as exc:
+        raise _erp_failed(db, exc) from None
+    if frame.empty:
+        click.echo("no stock")
+        return
+    click.echo(frame[["material", "location", "unit", "quantity"]].to_string(index=False))
+
+
+@erp.command("post")
+@click.argument("file", type=click.File("rb"))
+@click.pass_context
+def erp_post(ctx: click.Context, file) -> None:
+    """Post a JSON Lines file of contract events as material documents; bad lines are reported."""
+    import sqlalchemy as sa
+
+    from invsync_pipeline.contract import ContractViolation, try_parse_event
+    from invsync_pipeline.sources.erp import ErpPostingError
+
+    db = _erp(ctx)
+    posted = duplicates = bad = 0
+    for lineno, line in enumerate(file, start=1):
+        if not line.strip():
+            continue
+        result = try_parse_event(line.rstrip(b"\r\n"))
+        if isinstance(result, ContractViolation):
+            bad += 1
+            click.echo(f"line {lineno}: {result}")
+            continue
+        try:
+            document = db.post(result)
+        except ErpPostingError as exc:
+            bad += 1
+            click.echo(f"line {lineno}: {exc}")
+            continue
+        except sa.exc.DBAPIError as exc:
+            raise _erp_failed(db, exc) from None
+        if document.created:
+            posted += 1
+        else:
+            duplicates += 1
+    click.echo(f"{posted} posted, {duplicates} already posted, {bad} refused")
+    sys.exit(1 if bad else 0)
+
+
+# --- sync worker ----------------------------------------------------------------------------------
+@main.command("sync-worker")
+@click.option("--queue", "queues", multiple=True, help="Only these work queues (default: all plants).")
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: until SIGTERM).")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.pass_context
+def sync_worker(ctx: click.Context, queues: tuple[str, ...], seconds: float | None, log_level: str) -> None:
+    """Apply the plant queues to the MES in real time (SIGTERM finishes in-flight work, acks, exits)."""
+    import logging
+
+    from invsync_pipeline.sources.mes import MesClient
+    from invsync_pipeline.sync.worker import SyncWorker
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(ctx)
+    worker = SyncWorker(settings, MesClient.from_settings(settings), queues=list(queues) or None)
+    worker.install_signal_handlers()
+    stats = worker.run(max_seconds=seconds)
+    click.echo(json.dumps(stats.__dict__))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 SCHEMA_VERSION = "1"
 ROUTING_KEY_PREFIX = "inventory"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# AMQP header with the publish time in ms (the AMQP timestamp property has whole seconds);
+# the sync worker measures sync lag from it.
+PUBLISHED_MS_HEADER = "x-invsync-published-ms"
 
 SourceSystem = Literal["ERP", "MES", "RECON"]
 TargetSystem = Literal["ERP", "MES"]

@@ -8,6 +8,8 @@ environment, never from the file:
 - ``INVSYNC_HOME``       runtime directory (staged events, outbox, DuckDB), default ``data/runtime``
 - ``INVSYNC_NAMESPACE``  prefix for every exchange and queue name, so tests and plants can share
                          one broker without touching each other's topology
+- ``INVSYNC_MES_URL``    MES base URL; ``INVSYNC_MES_TOKEN`` its bearer token
+- ``INVSYNC_ERP_URL``    SQLAlchemy URL of the ERP database, default SQLite under INVSYNC_HOME
 """
 
 from __future__ import annotations
@@ -86,10 +88,44 @@ class OutboxSettings(_Strict):
     confirm_window: int = Field(default=1000, gt=0)
 
 
+class MesSettings(_Strict):
+    """The MES REST API. The bearer token comes from INVSYNC_MES_TOKEN, never from this file."""
+
+    base_url: str = "http://127.0.0.1:8765"
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    read_retries: int = Field(default=3, ge=0)
+    page_size: int = Field(default=1000, gt=0, le=10000)
+
+
+class ErpSettings(_Strict):
+    """The ERP database (SQLAlchemy URL from INVSYNC_ERP_URL; default a SQLite file in home).
+
+    ``tables`` maps the logical SAP-shaped tables and columns to the names in the database, so
+    a replica of a real SAP system can be read without code changes."""
+
+    url: str | None = None
+    tables: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+class SyncSettings(_Strict):
+    """The real-time MES sync worker."""
+
+    prefetch: int = Field(default=200, gt=0)
+    mes_concurrency: int = Field(default=8, gt=0, le=64)
+    # Adjustments and cycle counts wait for a low-activity window (UTC, "HH:MM-HH:MM");
+    # an empty list applies them at once.
+    noncritical_windows: tuple[str, ...] = ()
+    noncritical_batch_size: int = Field(default=500, gt=0)
+
+
 class Settings(_Strict):
     topology: TopologySettings = TopologySettings()
     staging: StagingSettings = StagingSettings()
     outbox: OutboxSettings = OutboxSettings()
+    mes: MesSettings = MesSettings()
+    erp: ErpSettings = ErpSettings()
+    sync: SyncSettings = SyncSettings()
+    mes_token: str | None = None
     amqp_url: str = DEFAULT_AMQP_URL
     home: Path = PROJECT_ROOT / "data" / "runtime"
     namespace: str = ""
@@ -109,6 +145,10 @@ class Settings(_Strict):
     @property
     def outbox_path(self) -> Path:
         return self.home / "outbox.sqlite"
+
+    @property
+    def erp_url(self) -> str:
+        return self.erp.url or f"sqlite:///{self.home / 'erp.sqlite'}"
 
 
 class ConfigError(ValueError):
@@ -134,6 +174,12 @@ def load_settings(config_path: str | Path | None = None, **overrides: object) ->
         raw["home"] = home
     if (namespace := os.environ.get("INVSYNC_NAMESPACE")) is not None:
         raw["namespace"] = namespace
+    if token := os.environ.get("INVSYNC_MES_TOKEN"):
+        raw["mes_token"] = token
+    if mes_url := os.environ.get("INVSYNC_MES_URL"):
+        raw.setdefault("mes", {})["base_url"] = mes_url
+    if erp_url := os.environ.get("INVSYNC_ERP_URL"):
+        raw.setdefault("erp", {})["url"] = erp_url
     raw.update(overrides)
     try:
         return Settings.model_validate(raw)

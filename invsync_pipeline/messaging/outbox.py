@@ -28,7 +28,7 @@ import pika
 import pika.exceptions
 from pika.spec import Basic
 
-from invsync_pipeline.contract import InventoryEvent
+from invsync_pipeline.contract import PUBLISHED_MS_HEADER, InventoryEvent
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connection_parameters, redact
 from invsync_pipeline.messaging.topology import build_topology
 from invsync_pipeline.settings import Settings
@@ -381,8 +381,10 @@ class _FlushRun:
             if not self.rows and (self.read_all or not self._read()):
                 break
             seq, tx, key, body, enqueued_at = self.rows.popleft()
+            # The AMQP timestamp has whole seconds; sync lag is measured in ms from this header.
             props = pika.BasicProperties(delivery_mode=2, content_type="application/json",
-                                         message_id=tx, timestamp=int(enqueued_at))  # fmt: skip
+                                         message_id=tx, timestamp=int(enqueued_at),
+                                         headers={PUBLISHED_MS_HEADER: int(enqueued_at * 1000)})  # fmt: skip
             publish(self.exchange, key, body, props, mandatory=True)
             self.unconfirmed[self.next_tag] = (seq, tx)
             self.tag_order.append(self.next_tag)

@@ -1,0 +1,311 @@
+"""The real-time MES sync worker: plant queue -> validate -> POST to the MES -> confirmed -> ack.
+
+Threads: the pika connection lives on one thread (the I/O thread) and is only touched there;
+MES calls run in a small thread pool, so a slow MES never starves heartbeats. A finished call
+hands its outcome back with ``add_callback_threadsafe`` and the I/O thread acks.
+
+Failures: an MES that is down or answers 5xx sends the message to the next retry tier (1, 5,
+15 minutes), then to parking with the reason. A message the contract or the MES rejects goes
+straight to parking with the reason. The copy is confirmed by the broker before the original
+is acked, so nothing is lost. Adjustments and cycle counts are consumed only inside the
+configured low-activity windows. SIGTERM stops consuming, finishes in-flight calls, acks, and
+closes; messages not yet started go back to the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from invsync_pipeline.contract import PUBLISHED_MS_HEADER, ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
+from invsync_pipeline.messaging.retry import publish_failure, retries_so_far
+from invsync_pipeline.messaging.topology import apply_topology
+from invsync_pipeline.settings import NON_CRITICAL_TRANSACTION_TYPES, Settings
+from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable
+from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord
+
+log = logging.getLogger("invsync.sync")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def plant_queues(settings: Settings) -> tuple[list[str], list[str]]:
+    """(critical queues, non-critical queues) of every configured plant, with namespace."""
+    critical, noncritical = [], []
+    for plant in settings.topology.plants:
+        for pq in plant.queues:
+            name = settings.name(f"plant.{plant.warehouse.lower()}.{pq.name}")
+            if set(pq.transaction_types) <= set(NON_CRITICAL_TRANSACTION_TYPES):
+                noncritical.append(name)
+            else:
+                critical.append(name)
+    return critical, noncritical
+
+
+def in_window(windows: tuple[str, ...], now: datetime) -> bool:
+    """True when no windows are configured or ``now`` (UTC) falls in one ("HH:MM-HH:MM")."""
+    if not windows:
+        return True
+    minute = now.hour * 60 + now.minute
+    for window in windows:
+        start_s, end_s = window.split("-")
+        start = int(start_s[:2]) * 60 + int(start_s[3:5])
+        end = int(end_s[:2]) * 60 + int(end_s[3:5])
+        if (start <= minute < end) if start <= end else (minute >= start or minute < end):
+            return True
+    return False
+
+
+@dataclass
+class WorkerStats:
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    retried: int = 0
+    parked: int = 0
+    by_queue: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    queue: str
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+    event: InventoryEvent
+    delivered_ms: int
+    future: Future | None = None
+
+
+class SyncWorker:
+    """Consumes the plant queues and applies each event to the MES exactly once."""
+
+    def __init__(self, settings: Settings, mes: MesClient, *, queues: list[str] | None = None):
+        self.settings = settings
+        self.mes = mes
+        critical, noncritical = plant_queues(settings)
+        wanted = set(queues) if queues is not None else None
+        self.critical = [q for q in critical if wanted is None or q in wanted]
+        self.noncritical = [q for q in noncritical if wanted is None or q in wanted]
+        self.sync_log = SyncLog(settings.home / "sync.sqlite")
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._fatal: BaseException | None = None
+        self._inflight: dict[int, _Job] = {}
+        self._consumers: dict[str, str] = {}  # queue -> consumer tag
+        self._pool = ThreadPoolExecutor(max_workers=settings.sync.mes_concurrency, thread_name_prefix="mes")
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._topology = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the worker to finish in-flight work and return from ``run`` (thread-safe)."""
+        self._stop.set()
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            # Wake the I/O loop; the connection may be closing already.
+            with contextlib.suppress(Exception):
+                conn.add_callback_threadsafe(lambda: None)
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, max_seconds: float | None = None) -> WorkerStats:
+        """Consume until stopped (or for ``max_seconds``); reconnects on connection errors only."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        backoff = 1.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._connect()
+                    backoff = 1.0
+                    self._loop(deadline)
+                    break
+                except (pika.exceptions.AMQPConnectionError, BrokerUnavailable) as exc:
+                    log.warning("broker connection lost (%s); reconnecting in %.0f s", exc, backoff)
+                    self._drop_connection()
+                    if self._stop.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, 30.0)
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:
+            self._shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    def _connect(self) -> None:
+        self._conn = connect(self.settings, heartbeat=30)
+        # Declaring again after every reconnect, as pika's examples do: a broker restarted
+        # without its definitions gets them back.
+        self._topology = apply_topology(self.settings, self._conn)
+        self._channel = self._conn.channel()
+        self._channel.confirm_delivery()  # failure copies are confirmed before the original is acked
+        self._channel.basic_qos(prefetch_count=self.settings.sync.prefetch)
+        self._consumers.clear()
+        self._inflight.clear()
+        for queue in self.critical:
+            self._consume(queue)
+
+    def _consume(self, queue: str) -> None:
+        self._consumers[queue] = self._channel.basic_consume(
+            queue, on_message_callback=partial(self._on_message, queue)
+        )
+
+    def _loop(self, deadline: float | None) -> None:
+        next_window_check = 0.0
+        while not self._stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            now = time.monotonic()
+            if now >= next_window_check:
+                self._toggle_noncritical(in_window(self.settings.sync.noncritical_windows, datetime.now(UTC)))
+                next_window_check = now + 15
+            self._conn.process_data_events(time_limit=0.2)
+            if self._fatal is not None:
+                self._stop.set()
+        self._finish_inflight()
+
+    def _toggle_noncritical(self, open_now: bool) -> None:
+        for queue in self.noncritical:
+            if open_now and queue not in self._consumers:
+                log.info("low-activity window open: consuming %s", queue)
+                self._consume(queue)
+            elif not open_now and queue in self._consumers:
+                log.info("low-activity window closed: pausing %s", queue)
+                self._channel.basic_cancel(self._consumers.pop(queue))
+
+    def _finish_inflight(self) -> None:
+        """Stop taking messages; requeue those not started; wait for, and ack, the rest."""
+        for tag in list(self._consumers.values()):
+            self._channel.basic_cancel(tag)
+        self._consumers.clear()
+        for job in list(self._inflight.values()):
+            if job.future is not None and job.future.cancel():
+                self._channel.basic_nack(job.tag, requeue=True)
+                self._inflight.pop(job.tag, None)
+        while self._inflight:
+            self._conn.process_data_events(time_limit=0.1)
+
+    def _drop_connection(self) -> None:
+        # Closing a broken connection may fail again; it is being dropped anyway.
+        with contextlib.suppress(Exception):
+            if self._conn is not None and self._conn.is_open:
+                self._conn.close()
+        self._conn = None
+        self._channel = None
+        self._inflight.clear()
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._drop_connection()
+        self.sync_log.close()
+
+    # --- per message (I/O thread) ---------------------------------------------------------------
+    def _on_message(self, queue: str, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        delivered_ms = _now_ms()
+        try:
+            event = parse_event(body, max_body_bytes=self.settings.staging.max_body_bytes)
+        except ContractViolation as violation:
+            self._fail(queue, method.delivery_tag, properties, body, f"invalid: {violation}", retryable=False)
+            return
+        if event.source_system == "MES" or (event.source_system == "RECON" and event.target_system == "ERP"):
+            # Already in the MES (it originated there), or a correction meant for the ERP.
+            self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms)
+            return
+        if (mes_id := self.sync_log.seen(event.transaction_id)) is not None:
+            self._ack(queue, method.delivery_tag, properties, event, mes_id, "duplicate", delivered_ms, delivered_ms)
+            return
+        job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms)
+        self._inflight[job.tag] = job
+        job.future = self._pool.submit(self._call_mes, job, self._conn)
+
+    def _call_mes(self, job: _Job, conn: pika.BlockingConnection) -> None:
+        """Pool thread: the MES call. Never touches the channel; hands the outcome back."""
+        try:
+            outcome: Any = self.mes.post_transaction(job.event)
+        except (MesUnavailable, MesRejected, MesAuthError) as exc:
+            outcome = exc
+        except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
+            outcome = MesUnavailable(f"unexpected error calling the MES: {exc!r}")
+        confirmed_ms = _now_ms()
+        try:
+            conn.add_callback_threadsafe(partial(self._on_mes_outcome, job, outcome, confirmed_ms))
+        except Exception:  # noqa: BLE001 - connection gone: the broker redelivers, the MES dedupes
+            log.warning("connection closed before %s could be acked; it will be redelivered", job.event.transaction_id)
+
+    def _on_mes_outcome(self, job: _Job, outcome: Any, confirmed_ms: int) -> None:
+        if self._inflight.pop(job.tag, None) is None or self._channel is None:
+            return  # from an earlier connection; its message was redelivered
+        tx = job.event.transaction_id
+        if isinstance(outcome, MesAuthError):
+            # Every message would fail the same way: stop, keep the message, say what to fix.
+            self._channel.basic_nack(job.tag, requeue=True)
+            self._fatal = outcome
+            return
+        if isinstance(outcome, MesRejected):
+            self._fail(job.queue, job.tag, job.properties, job.body, f"rejected by MES: {outcome}", retryable=False)
+            return
+        if isinstance(outcome, MesUnavailable):
+            self._fail(job.queue, job.tag, job.properties, job.body, f"MES unavailable: {outcome}", retryable=True)
+            return
+        self._ack(job.queue, job.tag, job.properties, job.event, outcome.mes_transaction_id, outcome.status,
+                  job.delivered_ms, confirmed_ms)  # fmt: skip
+        log.info("%s tx=%s mes_tx=%s queue=%s", outcome.status, tx, outcome.mes_transaction_id, job.queue)
+
+    def _ack(self, queue: str, tag: int, properties: pika.BasicProperties, event: InventoryEvent,
+             mes_id: str | None, status: str, delivered_ms: int, confirmed_ms: int) -> None:  # fmt: skip
+        self._channel.basic_ack(tag)
+        acked_ms = _now_ms()
+        headers = properties.headers or {}
+        published = headers.get(PUBLISHED_MS_HEADER)
+        if published is None and properties.timestamp:
+            published = int(properties.timestamp) * 1000
+        self.sync_log.record(
+            SyncRecord(
+                event.transaction_id,
+                mes_id,
+                status,
+                queue,
+                int(published) if published is not None else None,
+                delivered_ms,
+                confirmed_ms,
+                acked_ms,
+                retries_so_far(properties) + 1,
+            )  # fmt: skip
+        )
+        if status == "applied":
+            self.stats.applied += 1
+        elif status == "duplicate":
+            self.stats.duplicates += 1
+        else:
+            self.stats.skipped += 1
+        self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
+
+    def _fail(self, queue: str, tag: int, properties: pika.BasicProperties, body: bytes, reason: str,
+              *, retryable: bool) -> None:  # fmt: skip
+        route = publish_failure(self._channel, self._topology, queue, properties, body, reason, retryable=retryable)
+        self._channel.basic_ack(tag)
+        if route.destination == "parking":
+            self.stats.parked += 1
+            log.error("parked message_id=%s from %s: %s", properties.message_id, queue, reason)
+        else:
+            self.stats.retried += 1
+            log.warning("to %s message_id=%s from %s: %s", route.destination, properties.message_id, queue, reason)

@@ -1,0 +1,277 @@
+"""The MES sync worker against the reference MES on an ephemeral port and the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+
+from invsync_pipeline.messaging.retry import REASON_HEADER, RETRIES_HEADER
+from invsync_pipeline.reference.mes_service import run_in_thread
+from invsync_pipeline.sources.mes import MesClient
+from invsync_pipeline.sync.sync_log import SyncLog
+from invsync_pipeline.sync.worker import SyncWorker, in_window
+from invsync_pipeline_tests.factories import event, publish_events, publish_raw, queue_depth
+
+pytestmark = pytest.mark.broker
+
+TOKEN = "test-token"
+
+
+@pytest.fixture
+def mes(tmp_path, monkeypatch):
+    running = run_in_thread(tmp_path / "mes.sqlite", TOKEN)
+    monkeypatch.setenv("INVSYNC_MES_URL", running.url)
+    monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(mes) -> MesClient:
+    return MesClient(mes.url, TOKEN, timeout_seconds=5)
+
+
+def _wait(predicate, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class _Running:
+    """A worker on a background thread, stopped at the end of the test."""
+
+    def __init__(self, settings, client):
+        self.worker = SyncWorker(settings, client)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def start_worker(settings, topology, client):
+    started: list[_Running] = []
+
+    def start() -> SyncWorker:
+        running = _Running(settings, client)
+        started.append(running)
+        return running.worker
+
+    yield start
+    for running in started:
+        if running.thread.is_alive():
+            running.stop()
+
+
+def _stock(client: MesClient) -> dict[tuple[str, str], Decimal]:
+    return {(row.location, row.material_number): Decimal(str(row.quantity)) for row in client.stock()}
+
+
+def _applied_ids(client: MesClient) -> list[str]:
+    return [row["transaction_id"] for row in client.applied_transactions() if row["status"] == "applied"]
+
+
+def test_events_are_applied_to_the_mes_and_acked(settings, topology, connection, client, start_worker):
+    events = [
+        event(material_number="RAW-1", quantity="100"),
+        event(material_number="RAW-1", transaction_type="issue", reason="production_consumption",
+              movement_type="261", quantity="30"),
+        event(material_number="FG-1", material_type="finished", reason="production_receipt", movement_type="101",
+              quantity="5"),
+        event(material_number="RAW-1", transaction_type="transfer", reason="stock_transfer", movement_type="311",
+              quantity="20", to_location="WH01/RM02"),
+    ]  # fmt: skip
+    publish_events(connection, topology.exchange, events)
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.applied == 4, what="4 applied")
+
+    assert _stock(client) == {
+        ("WH01/RM01", "RAW-1"): Decimal("50"),
+        ("WH01/RM01", "FG-1"): Decimal("5"),
+        ("WH01/RM02", "RAW-1"): Decimal("20"),
+    }
+    for queue in topology.work_queues:
+        assert queue_depth(connection, queue) == 0
+    worker.sync_log.flush()
+    records = SyncLog(settings.home / "sync.sqlite").records()
+    assert {r.transaction_id for r in records} == {e["transaction_id"] for e in events}
+    assert all(r.mes_transaction_id and r.confirmed_ms <= r.acked_ms for r in records)
+
+
+def test_a_duplicate_delivery_is_applied_once(settings, topology, connection, client, start_worker):
+    receipt = event(quantity="7")
+    publish_events(connection, topology.exchange, [receipt, receipt, receipt])
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.applied + worker.stats.duplicates == 3, what="3 handled")
+
+    assert worker.stats.applied == 1
+    assert _stock(client) == {("WH01/RM01", "MAT-100"): Decimal("7")}
+    assert _applied_ids(client) == [receipt["transaction_id"]]
+
+
+def test_mes_errors_are_retried_on_the_configured_steps_then_applied(
+    settings, topology, connection, client, start_worker
+):
+    client.set_faults(error_rate=1.0)
+    receipt = event(quantity="3")
+    publish_events(connection, topology.exchange, [receipt])
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.retried >= 2, what="two retries")
+    client.set_faults(error_rate=0.0)
+    _wait(lambda: worker.stats.applied == 1, what="applied after retries")
+
+    worker.sync_log.flush()
+    (record,) = SyncLog(settings.home / "sync.sqlite").records()
+    assert record.attempts == 3  # first try + retry.1 + retry.2
+    assert _stock(client) == {("WH01/RM01", "MAT-100"): Decimal("3")}
+
+
+def test_mes_down_past_three_retries_parks_the_message_with_the_reason(
+    settings, topology, connection, client, start_worker
+):
+    client.set_faults(outage=True)
+    receipt = event()
+    publish_events(connection, topology.exchange, [receipt])
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.parked == 1, what="parked")
+
+    assert worker.stats.retried == 3
+    channel = connection.channel()
+    method, props, body = channel.basic_get(topology.parking, auto_ack=True)
+    assert json.loads(body)["transaction_id"] == receipt["transaction_id"]
+    assert props.headers[RETRIES_HEADER] == 3
+    assert "MES unavailable" in props.headers[REASON_HEADER]
+    client.set_faults(outage=False)
+    assert _applied_ids(client) == []
+
+
+def test_an_invalid_message_goes_straight_to_parking_with_its_reason(
+    settings, topology, connection, client, start_worker
+):
+    bad = event(quantity="-5")  # a receipt must be > 0
+    publish_raw(connection, topology.exchange, [("inventory.wh01.raw.receipt", json.dumps(bad).encode())])
+    publish_events(connection, topology.exchange, [event()])
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.parked == 1 and worker.stats.applied == 1, what="one parked, one applied")
+
+    channel = connection.channel()
+    _, props, _ = channel.basic_get(topology.parking, auto_ack=True)
+    assert props.headers[REASON_HEADER].startswith("invalid: quantity=-5")
+    assert worker.stats.retried == 0
+
+
+def test_events_from_the_mes_itself_are_not_posted_back(settings, topology, connection, client, start_worker):
+    publish_events(connection, topology.exchange, [
+        event(source_system="MES", transaction_type="issue", reason="production_consumption", movement_type="261"),
+        event(source_system="RECON", target_system="ERP", transaction_type="adjustment", reason="correction",
+              movement_type="701", quantity="2"),
+    ])  # fmt: skip
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.skipped == 2, what="2 skipped")
+
+    assert _applied_ids(client) == []
+
+
+def test_adjustments_wait_for_the_low_activity_window(settings, topology, connection, client, monkeypatch):
+    closed = settings.model_copy(
+        update={"sync": settings.sync.model_copy(update={"noncritical_windows": ("00:00-00:00",)})}
+    )
+    adjustment = event(transaction_type="adjustment", reason="correction", movement_type="701", quantity="4")
+    publish_events(connection, topology.exchange, [adjustment, event(quantity="1")])
+    worker = SyncWorker(closed, client)
+    thread = threading.Thread(target=worker.run, kwargs={"max_seconds": 3}, daemon=True)
+    thread.start()
+    thread.join(10)
+
+    assert worker.stats.applied == 1  # the receipt, at once
+    noncritical = [q for q in topology.work_queues if q.endswith("noncritical")]
+    assert queue_depth(connection, noncritical[0]) == 1  # the adjustment waits
+
+
+def test_window_arithmetic_handles_midnight():
+    from datetime import datetime
+
+    assert in_window(("22:00-04:00",), datetime(2026, 1, 1, 23, 30))
+    assert in_window(("22:00-04:00",), datetime(2026, 1, 1, 3, 59))
+    assert not in_window(("22:00-04:00",), datetime(2026, 1, 1, 12, 0))
+    assert in_window((), datetime(2026, 1, 1, 12, 0))
+
+
+def _worker_process(settings) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "invsync_pipeline.cli", "sync-worker", "--log-level", "WARNING"],
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_or_show(proc: subprocess.Popen, predicate, what: str) -> None:
+    try:
+        _wait(predicate, timeout=30, what=what)
+    except AssertionError:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"timed out waiting for {what}; worker stderr:\n{err.decode()[-3000:]}") from None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(settings, topology, connection, client, mes):
+    client.set_faults(latency_ms=20)
+    events = [event(material_number=f"M-{i % 10}", quantity="1") for i in range(150)]
+    publish_events(connection, topology.exchange, events)
+    proc = _worker_process(settings)
+    _wait_or_show(proc, lambda: len(_applied_ids(client)) >= 30, "30 applied before the kill")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert len(_applied_ids(client)) < 150, "the kill came too late to test anything"
+    client.set_faults(latency_ms=0)
+
+    worker = SyncWorker(settings, client)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    _wait(lambda: len(_applied_ids(client)) == 150, what="all 150 applied")
+    worker.stop()
+    thread.join(15)
+
+    applied = _applied_ids(client)
+    assert sorted(applied) == sorted(e["transaction_id"] for e in events)  # each once
+    assert sum(_stock(client).values()) == Decimal(150)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_work_acks_and_exits(settings, topology, connection, client, mes):
+    client.set_faults(latency_ms=200)
+    events = [event(quantity="1") for _ in range(60)]
+    publish_events(connection, topology.exchange, events)
+    proc = _worker_process(settings)
+    _wait_or_show(proc, lambda: len(_applied_ids(client)) >= 5, "some applied")
+
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 0, err.decode()
+    applied = len(_applied_ids(client))
+    raw_queue = next(q for q in topology.work_queues if q.endswith(".raw"))
+    # Everything applied was acked, everything else is back in the queue: nothing in between.
+    assert applied + queue_depth(connection, raw_queue) == 60
