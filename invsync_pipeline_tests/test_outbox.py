@@ -25,7 +25,7 @@ from invsync_pipeline.messaging.outbox import (
 )
 from invsync_pipeline.messaging.topology import build_topology
 from invsync_pipeline.settings import Settings
-from invsync_pipeline_tests.factories import event
+from invsync_pipeline_tests.factories import event, queue_depth
 
 pytestmark = pytest.mark.broker
 
@@ -285,3 +285,24 @@ class _CuttingProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def test_the_relay_publishes_events_enqueued_while_it_runs_and_stops_when_asked(settings, topology, connection):
+    stop = threading.Event()
+    results = []
+    relay = threading.Thread(target=lambda: results.append(Outbox(settings).relay(stop, poll_seconds=0.01)))
+    relay.start()
+    with Outbox(settings) as box:
+        for _ in range(5):
+            box.enqueue([parse_event(event()) for _ in range(40)])
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while box.pending_count() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert box.pending_count() == 0
+    stop.set()
+    relay.join(10)
+
+    assert not relay.is_alive()
+    assert results[0].published == 200
+    assert queue_depth(connection, topology.ledger_tap) == 200

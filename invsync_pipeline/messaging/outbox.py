@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -136,17 +137,31 @@ class OutboxStatus:
     by_routing_key: dict[str, int] = field(default_factory=dict)
 
 
+def _journal_mode_wal(db: sqlite3.Connection, attempts: int = 50) -> str:
+    """Switch to WAL. Two processes opening a new file at once can both try; the loser gets
+    SQLITE_BUSY at once (the busy timeout does not cover this pragma), so try again."""
+    for attempt in range(attempts):
+        try:
+            return db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+    raise AssertionError("unreachable")
+
+
 class Outbox:
     """A durable local buffer in front of the topic exchange (see the module docstring)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, path: Path | None = None):
         self.settings = settings
-        self.path = settings.outbox_path
+        # Each publishing system has its own outbox file (the ERP's by default; the MES its own).
+        self.path = Path(path) if path is not None else settings.outbox_path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
         # the statements we mean (enqueue is all-or-nothing).
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _journal_mode_wal(self._db)
         if mode.lower() != "wal":
             raise OutboxError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); put INVSYNC_HOME on a local disk")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -217,6 +232,27 @@ class Outbox:
                             as_dt(oldest), as_dt(newest), keys)  # fmt: skip
 
     # --- publish --------------------------------------------------------------------------
+    def relay(self, stop: threading.Event, *, poll_seconds: float = 0.02, max_backoff: float = 30.0) -> FlushResult:
+        """Publish continuously: keep one connection open and pick up new events every
+        ``poll_seconds`` until ``stop`` is set. Broker outages are retried with backoff; the
+        events wait in the outbox meanwhile. This is how the outbox runs beside a live ERP."""
+        started = time.monotonic()
+        published, backoff = 0, 0.5
+        while not stop.is_set():
+            try:
+                with _FlushLock(self.path.with_name(self.path.name + ".flush-lock")):
+                    run = _FlushRun(self, None, follow=(stop, poll_seconds))
+                    run.run()
+                published += run.published
+                if run.error is not None:
+                    raise run.error
+                backoff = 0.5
+            except (BrokerLost, PublishNacked, OutboxBusy) as exc:
+                log.warning("outbox relay: %s; retrying in %.1f s", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, max_backoff)
+        return FlushResult(published, self.pending_count(), time.monotonic() - started, "stopped")
+
     def flush(self, max_seconds: float | None = None) -> FlushResult:
         """Publish buffered events in order until the outbox is empty or the time budget is spent.
 
@@ -318,8 +354,12 @@ class _FlushLock:
 class _FlushRun:
     """One flush on a SelectConnection: pipelined publishes, deletes driven by confirms."""
 
-    def __init__(self, outbox: Outbox, max_seconds: float | None):
+    def __init__(self, outbox: Outbox, max_seconds: float | None,
+                 follow: tuple[threading.Event, float] | None = None):  # fmt: skip
         self.outbox = outbox
+        # follow: (stop event, poll seconds) -- keep polling for new rows instead of ending.
+        self.follow = follow
+        self.poll_scheduled = False
         self.db = outbox._db
         self.settings = outbox.settings
         self.exchange = outbox._exchange
@@ -350,7 +390,7 @@ class _FlushRun:
             self.stopped_because = "time budget"
             return
         # Nothing to do must not need a broker: an empty outbox flushes even while it is down.
-        if not self._read():
+        if not self._read() and self.follow is None:
             return
         self.connection = pika.SelectConnection(
             connection_parameters(self.settings), on_open_callback=self._on_open,
@@ -389,8 +429,25 @@ class _FlushRun:
             self.unconfirmed[self.next_tag] = (seq, tx)
             self.tag_order.append(self.next_tag)
             self.next_tag += 1
+        if self.follow is not None and not self.stopping and not self.rows and self.read_all:
+            if not self.poll_scheduled:
+                self.poll_scheduled = True
+                self.connection.ioloop.call_later(self.follow[1], self._poll)
+            return
         if not self.unconfirmed and (self.stopping or (not self.rows and self.read_all)):
             self._close()
+
+    def _poll(self) -> None:
+        """Follow mode: look for rows enqueued since the last read, or stop when asked."""
+        self.poll_scheduled = False
+        if self.stopping or self.closing:
+            return
+        self._delete_confirmed(force=True)
+        if self.follow is not None and self.follow[0].is_set():
+            self._stop(None, "stopped")
+            return
+        self.read_all = False
+        self._pump()
 
     def _on_confirm(self, frame) -> None:
         method = frame.method

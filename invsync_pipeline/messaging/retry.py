@@ -37,8 +37,12 @@ def retries_so_far(properties: pika.BasicProperties | None) -> int:
 
 
 def route_failure(
-    topology: Topology, queue: str, properties: pika.BasicProperties | None, reason: str,
-    *, retryable: bool = True,
+    topology: Topology,
+    queue: str,
+    properties: pika.BasicProperties | None,
+    reason: str,
+    *,
+    retryable: bool = True,
 ) -> FailureRoute:
     """The next stop of a message that ``queue`` failed: retry tier n+1, or parking."""
     headers = dict((properties.headers if properties else None) or {})
@@ -57,8 +61,14 @@ def route_failure(
 
 
 def publish_failure(
-    channel: Any, topology: Topology, queue: str, properties: pika.BasicProperties | None,
-    body: bytes, reason: str, *, retryable: bool = True,
+    channel: Any,
+    topology: Topology,
+    queue: str,
+    properties: pika.BasicProperties | None,
+    body: bytes,
+    reason: str,
+    *,
+    retryable: bool = True,
 ) -> FailureRoute:
     """Republish a failed message to its next stop. Ack the original only after this returns
     on a channel in confirm mode: then the copy is safely with the broker."""
