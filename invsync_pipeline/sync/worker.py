@@ -170,7 +170,7 @@ class SyncWorker:
         )
 
     def _loop(self, deadline: float | None) -> None:
-        next_window_check = 0.0
+        next_window_check = next_log_flush = 0.0
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -179,6 +179,10 @@ class SyncWorker:
                 self._toggle_noncritical(in_window(self.settings.sync.noncritical_windows, datetime.now(UTC)))
                 next_window_check = now + 15
             self._conn.process_data_events(time_limit=0.2)
+            if now >= next_log_flush:
+                # Readers (metrics, benchmarks) see the sync log within half a second.
+                self.sync_log.flush()
+                next_log_flush = now + 0.5
             if self._fatal is not None:
                 self._stop.set()
         self._finish_inflight()
