@@ -3,14 +3,23 @@
 import dagster as dg
 
 from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
-from invsync_pipeline.jobs import stage_and_ledger_job
+from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
+from invsync_pipeline.jobs import hourly_reconciliation_job, stage_and_ledger_job
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
 
 defs = dg.Definitions(
-    assets=[staged_inventory_events, transaction_ledger],
-    jobs=[stage_and_ledger_job],
+    assets=[
+        staged_inventory_events,
+        transaction_ledger,
+        erp_inventory_snapshot,
+        mes_inventory_snapshot,
+        inventory_variances,
+        variance_investigation,
+    ],
+    jobs=[stage_and_ledger_job, hourly_reconciliation_job],
     sensors=[ledger_tap_sensor],
     resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
 )

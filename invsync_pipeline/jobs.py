@@ -10,3 +10,9 @@ stage_and_ledger_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(staged_inventory_events, transaction_ledger),
     description="Load an hour of staged events into DuckDB and build its transaction ledger.",
 )
+
+hourly_reconciliation_job = dg.define_asset_job(
+    name="hourly_reconciliation",
+    selection=dg.AssetSelection.groups("staging", "ledger", "reconciliation"),
+    description="The whole hourly graph: staging, ledger, snapshots, variances, investigation, corrections, report.",
+)

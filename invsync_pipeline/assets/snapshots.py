@@ -1,0 +1,266 @@
+"""erp_inventory_snapshot and mes_inventory_snapshot: each system's stock at the start and end of an hour.
+
+Both read the systems through ``sources/`` only (any SAP replica, any MES with the same API).
+Rows are stored the first time an hour is reconciled and reused after that, so a backfill reads
+what was true then; run config ``refresh: true`` reads the systems again.
+"""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import dagster as dg
+import pandas as pd
+
+from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
+from invsync_pipeline.messaging.staged_log import hour_bounds
+from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+
+
+class SnapshotConfig(dg.Config):
+    refresh: bool = False  # read the system again even if this hour was stored before
+
+
+def _effects(event) -> list[tuple[str, Decimal]]:
+    """(location, signed stock change) of a contract event; cycle counts are not movements here."""
+    kind, q = event.transaction_type, event.quantity
+    if kind == "receipt":
+        return [(event.location, q)]
+    if kind == "issue":
+        return [(event.location, -q)]
+    if kind == "transfer":
+        return [(event.location, -q), (event.to_location, q)]
+    if kind == "adjustment":
+        return [(event.location, q)]
+    return []
+
+
+def _stored(conn, table: str, hour_start: datetime) -> int:
+    return conn.execute(f"SELECT count(*) FROM {table} WHERE partition_hour = ?", [hour_start]).fetchone()[0]
+
+
+def _replace(conn, table: str, hour_start: datetime, frame: pd.DataFrame) -> None:
+    conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [hour_start])
+    if len(frame):
+        conn.register("incoming", frame)
+        columns = ", ".join(frame.columns)
+        conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming")
+        conn.unregister("incoming")
+
+
+@dg.asset(
+    partitions_def=hourly_partitions,
+    group_name="reconciliation",
+    kinds={"duckdb", "sqlalchemy"},
+    pool=DUCKDB_WRITER_POOL,
+    metadata={"dagster/table_name": "snapshots.erp_inventory"},
+)
+def erp_inventory_snapshot(
+    context: dg.AssetExecutionContext, config: SnapshotConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """ERP (SAP) stock per material x location at the start and end of the hour.
+
+    Rebuilt like SAP's MB5B report: current unrestricted stock (MARD) minus every material
+    document (MATDOC) entered after the instant, so any past hour is exact. Also stores the
+    hour's material documents as movements (`snapshots.erp_movements`) and the material master
+    (`snapshots.erp_materials`: type, base unit, unit cost, ABC class) for the investigation."""
+    from invsync_pipeline.sources.erp import ErpDatabase
+
+    start, end = hour_bounds(context.partition_key)
+    with warehouse.connect() as conn:
+        if not config.refresh and _stored(conn, "snapshots.erp_inventory", start):
+            rows = _stored(conn, "snapshots.erp_inventory", start)
+            return dg.MaterializeResult(metadata={"dagster/row_count": rows, "reused_stored_snapshot": True})
+    erp = ErpDatabase.from_settings(invsync.settings())
+    try:
+        taken_at = datetime.now(UTC)
+        begin = erp.stock_as_of(start, include_zero=True)
+        finish = erp.stock_as_of(end, include_zero=True)
+        movements = erp.movements(start, end)
+        materials = erp.materials()
+    finally:
+        erp.dispose()
+    key = ["material", "location", "unit"]
+    both = pd.merge(
+        begin[[*key, "material_type", "quantity"]].rename(columns={"quantity": "begin_quantity"}),
+        finish[[*key, "material_type", "quantity"]].rename(columns={"quantity": "end_quantity"}),
+        on=key, how="outer", suffixes=("_b", ""),
+    )  # fmt: skip
+    both["material_type"] = both["material_type"].fillna(both["material_type_b"])
+    both = both.fillna({"begin_quantity": Decimal(0), "end_quantity": Decimal(0)})
+    snapshot = pd.DataFrame(
+        {
+            "partition_hour": start,
+            "material_number": both["material"].astype(str),
+            "material_type": both["material_type"],
+            "location": both["location"].astype(str),
+            "unit": both["unit"].astype(str),
+            "begin_quantity": both["begin_quantity"].astype(float),
+            "end_quantity": both["end_quantity"].astype(float),
+            "taken_at": taken_at,
+            "method": "as_of_reconstruction",
+        }
+    )
+    moves = pd.DataFrame(
+        [
+            (
+                start,
+                e.transaction_id,
+                e.timestamp,
+                e.material_number,
+                loc,
+                e.unit,
+                e.transaction_type,
+                e.reason,
+                float(q),
+            )  # fmt: skip
+            for e in movements
+            for loc, q in _effects(e)
+        ],
+        columns=[
+            "partition_hour",
+            "transaction_id",
+            "event_time",
+            "material_number",
+            "location",
+            "unit",
+            "transaction_type",
+            "reason",
+            "quantity_effect",
+        ],  # fmt: skip
+    )
+    master = pd.DataFrame(
+        {
+            "material_number": materials["material"].astype(str),
+            "material_type": materials["material_type"],
+            "base_unit": materials["base_unit"],
+            "unit_cost": materials["unit_cost"].astype(float),
+            "currency": materials["currency"],
+            "abc_class": materials["abc_class"],
+            "taken_at": taken_at,
+        }
+    )
+    with warehouse.connect() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        _replace(conn, "snapshots.erp_inventory", start, snapshot)
+        _replace(conn, "snapshots.erp_movements", start, moves)
+        conn.execute("DELETE FROM snapshots.erp_materials")
+        if len(master):
+            conn.register("incoming", master)
+            conn.execute("INSERT INTO snapshots.erp_materials SELECT * FROM incoming")
+            conn.unregister("incoming")
+        conn.execute("COMMIT")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(snapshot),
+            "material_locations": len(snapshot),
+            "movements": len(moves),
+            "stock_end_total": float(snapshot["end_quantity"].sum()) if len(snapshot) else 0.0,
+            "reused_stored_snapshot": False,
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=hourly_partitions,
+    group_name="reconciliation",
+    kinds={"duckdb", "api"},
+    pool=DUCKDB_WRITER_POOL,
+    metadata={"dagster/table_name": "snapshots.mes_inventory"},
+)
+def mes_inventory_snapshot(
+    context: dg.AssetExecutionContext, config: SnapshotConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """MES stock per material x location at the start and end of the hour, and the MES's applied log.
+
+    Read from the MES REST API (stock as of an instant; the log of applied transactions), stored
+    on first reconciliation and reused after that, so a backfill sees what the MES showed then.
+    The applied log (`snapshots.mes_applied`) lets the investigation tell "the MES never got it"
+    from "the MES got it twice"."""
+    from invsync_pipeline.sources.mes import MesClient
+
+    start, end = hour_bounds(context.partition_key)
+    with warehouse.connect() as conn:
+        if not config.refresh and _stored(conn, "snapshots.mes_inventory", start):
+            rows = _stored(conn, "snapshots.mes_inventory", start)
+            return dg.MaterializeResult(metadata={"dagster/row_count": rows, "reused_stored_snapshot": True})
+    taken_at = datetime.now(UTC)
+    with MesClient.from_settings(invsync.settings()) as mes:
+        begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}
+        finish = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=end)}
+        applied = [
+            row
+            for row in mes.applied_transactions(since=start)
+            if start <= datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")) < end
+        ]
+    keys = sorted(set(begin) | set(finish))
+    snapshot = pd.DataFrame(
+        [
+            (
+                start,
+                m,
+                loc,
+                unit,
+                float(begin.get((m, loc, unit), 0)),
+                float(finish.get((m, loc, unit), 0)),
+                taken_at,
+                "as_of_api",
+            )  # fmt: skip
+            for m, loc, unit in keys
+        ],
+        columns=[
+            "partition_hour",
+            "material_number",
+            "location",
+            "unit",
+            "begin_quantity",
+            "end_quantity",
+            "taken_at",
+            "method",
+        ],  # fmt: skip
+    )
+    log_rows = [
+        (
+            start,
+            row["transaction_id"],
+            row.get("mes_transaction_id"),
+            row["status"],
+            datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
+            datetime.fromisoformat(row["applied_at"].replace("Z", "+00:00")),
+            mv["material_number"],
+            mv["location"],
+            mv["unit"],
+            float(Decimal(mv["after"]) - Decimal(mv["before"])),
+        )  # fmt: skip
+        for row in applied
+        for mv in row.get("movements", [])
+    ]
+    log = pd.DataFrame(
+        log_rows,
+        columns=[
+            "partition_hour",
+            "transaction_id",
+            "mes_transaction_id",
+            "status",
+            "event_time",
+            "applied_at",
+            "material_number",
+            "location",
+            "unit",
+            "quantity_effect",
+        ],  # fmt: skip
+    )
+    with warehouse.connect() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        _replace(conn, "snapshots.mes_inventory", start, snapshot)
+        _replace(conn, "snapshots.mes_applied", start, log)
+        conn.execute("COMMIT")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(snapshot),
+            "material_locations": len(snapshot),
+            "applied_transactions": len(applied),
+            "stock_end_total": float(snapshot["end_quantity"].sum()) if len(snapshot) else 0.0,
+            "reused_stored_snapshot": False,
+        }
+    )

@@ -1,0 +1,148 @@
+"""The hourly reconciliation end to end: ERP tables, reference MES, broker, worker, drain, DuckDB."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import dagster as dg
+import pika
+import pytest
+
+from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
+from invsync_pipeline.assets.staging import staged_inventory_events
+from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
+from invsync_pipeline.contract import parse_event
+from invsync_pipeline.messaging.drain import drain_ledger_tap
+from invsync_pipeline.messaging.outbox import Outbox
+from invsync_pipeline.reference.mes_service import run_in_thread
+from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.sources.erp import ErpDatabase
+from invsync_pipeline.sources.mes import MesClient
+from invsync_pipeline.sync.worker import SyncWorker
+from invsync_pipeline.warehouse import open_warehouse
+from invsync_pipeline_tests.factories import event, queue_depth
+
+pytestmark = pytest.mark.broker
+
+TOKEN = "recon-token"
+RECON_ASSETS = [staged_inventory_events, transaction_ledger, erp_inventory_snapshot, mes_inventory_snapshot,
+                inventory_variances, variance_investigation]  # fmt: skip
+
+
+@pytest.fixture
+def plant(settings, topology, connection, tmp_path, monkeypatch):
+    """ERP tables, the reference MES publishing through its own outbox, and a running worker."""
+    erp = ErpDatabase.from_settings(settings)
+    erp.create_schema()
+
+    def publish(evt):
+        with Outbox(settings, path=settings.home / "mes-outbox.sqlite") as box:
+            box.publish([evt])
+
+    mes = run_in_thread(tmp_path / "mes.sqlite", TOKEN, publish=publish)
+    monkeypatch.setenv("INVSYNC_MES_URL", mes.url)
+    monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
+    client = MesClient(mes.url, TOKEN)
+    worker = SyncWorker(settings, client)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    yield erp, client
+    worker.stop()
+    thread.join(15)
+    mes.stop()
+    erp.dispose()
+
+
+def _erp_posts_and_publishes(settings, erp, events):
+    parsed = [parse_event(e) for e in events]
+    for e in parsed:
+        erp.post(e)
+    with Outbox(settings) as box:
+        box.publish(parsed)
+
+
+def _settle(settings, connection, topology):
+    deadline = time.monotonic() + 20
+    while any(queue_depth(connection, q) for q in topology.work_queues):
+        assert time.monotonic() < deadline, "the worker did not drain the plant queues"
+        time.sleep(0.1)
+    time.sleep(0.3)
+    drain_ledger_tap(settings)
+
+
+def _reconcile(hour_key: str) -> None:
+    result = dg.materialize(RECON_ASSETS, partition_key=hour_key,
+                            resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()})  # fmt: skip
+    assert result.success
+
+
+def test_each_kind_of_discrepancy_is_detected_with_its_cause(settings, topology, connection, plant):
+    erp, mes = plant
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    key = hour.strftime("%Y-%m-%d-%H:00")
+    at = (hour + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    clean = event(material_number="CLEAN", quantity="100", timestamp=at)
+    consumed = event(material_number="CLEAN", transaction_type="issue", reason="production_consumption",
+                     movement_type="261", quantity="15", timestamp=at)  # fmt: skip
+    never_sent = event(material_number="NEVER-SENT", quantity="50", timestamp=at)
+    lost = event(material_number="LOST", quantity="30", timestamp=at)
+    wip_base = event(material_number="WIP-1", quantity="40", timestamp=at)
+
+    _erp_posts_and_publishes(settings, erp, [clean, consumed, wip_base])
+    erp.post(parse_event(never_sent))  # booked in the ERP, never published
+    erp.post(parse_event(lost))  # booked and published to the ledger tap only: the MES never sees it
+    channel = connection.channel()
+    channel.basic_publish("", topology.ledger_tap, parse_event(lost).to_body(), pika.BasicProperties(delivery_mode=2))
+    # MES consumption that the ERP never books.
+    mes.backflush(material_number="WIP-1", material_type="raw", location="WH01/RM01", quantity=Decimal("12"),
+                  unit="KG", order="PO-1", timestamp=hour + timedelta(minutes=20))  # fmt: skip
+    _settle(settings, connection, topology)
+
+    _reconcile(key)
+
+    with open_warehouse(settings.warehouse_path, read_only=True) as conn:
+        variances = conn.execute(
+            "SELECT material_number, cross_difference, erp_three_way, mes_three_way FROM recon.variances "
+            "WHERE is_variance ORDER BY 1"
+        ).fetchall()
+        causes = conn.execute(
+            "SELECT material_number, system, cause, explained_quantity, transaction_ids "
+            "FROM recon.variance_investigation ORDER BY 1"
+        ).fetchall()
+    assert [v[0] for v in variances] == ["LOST", "NEVER-SENT", "WIP-1"]  # CLEAN agrees
+    assert causes == [
+        ("LOST", "MES", "missing_in_mes", Decimal("30"), [lost["transaction_id"]]),
+        ("NEVER-SENT", "MES", "not_published", Decimal("50"), [never_sent["transaction_id"]]),
+        ("WIP-1", "ERP", "missing_in_erp", Decimal("-12"), [causes[2][4][0]]),
+    ]
+    assert causes[2][4][0].startswith("MES-")
+
+
+def test_rerunning_an_hour_changes_nothing(settings, topology, connection, plant):
+    erp, mes = plant
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    at = (hour + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _erp_posts_and_publishes(settings, erp, [event(material_number=f"M-{i}", quantity="5", timestamp=at)
+                                             for i in range(5)])  # fmt: skip
+    erp.post(parse_event(event(material_number="M-9", quantity="9", timestamp=at)))
+    _settle(settings, connection, topology)
+    key = hour.strftime("%Y-%m-%d-%H:00")
+
+    def tables():
+        with open_warehouse(settings.warehouse_path, read_only=True) as conn:
+            snapshots = [conn.execute(f"SELECT * EXCLUDE (taken_at) FROM {t} ORDER BY ALL").fetchall()
+                         for t in ("snapshots.erp_inventory", "snapshots.mes_inventory")]  # fmt: skip
+            tables = ("recon.variances", "recon.variance_investigation", "ledger.transaction_ledger")
+            recon = [conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables]
+        return snapshots + recon
+
+    _reconcile(key)
+    first = tables()
+    _reconcile(key)
+
+    assert tables() == first
+    assert len(first[2]) == 6 and sum(1 for row in first[2] if row[-1]) == 1

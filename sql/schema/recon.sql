@@ -1,0 +1,65 @@
+-- Tables of the reconciliation schema.
+CREATE SCHEMA IF NOT EXISTS recon;
+
+-- One row per hour x material x location x unit: the three-way check of each system
+-- (begin + ledger - end; non-zero means the books disagree with the movements) and the
+-- ERP - MES difference of the ending balances.
+CREATE TABLE IF NOT EXISTS recon.variances (
+    partition_hour     TIMESTAMPTZ   NOT NULL,
+    material_number    VARCHAR       NOT NULL,
+    material_type      VARCHAR,
+    abc_class          VARCHAR,
+    location           VARCHAR       NOT NULL,
+    warehouse          VARCHAR       NOT NULL,
+    unit               VARCHAR       NOT NULL,
+    base_unit          VARCHAR,                 -- the ERP material master's unit
+    erp_begin          DECIMAL(18,6) NOT NULL,
+    erp_ledger_net     DECIMAL(18,6) NOT NULL,  -- movements that belong in the ERP's books
+    erp_expected_end   DECIMAL(18,6) NOT NULL,
+    erp_end            DECIMAL(18,6) NOT NULL,
+    erp_three_way      DECIMAL(18,6) NOT NULL,  -- expected - actual end
+    mes_begin          DECIMAL(18,6) NOT NULL,
+    mes_ledger_net     DECIMAL(18,6) NOT NULL,
+    mes_expected_end   DECIMAL(18,6) NOT NULL,
+    mes_end            DECIMAL(18,6) NOT NULL,
+    mes_three_way      DECIMAL(18,6) NOT NULL,
+    cross_difference   DECIMAL(18,6) NOT NULL,  -- erp_end - mes_end
+    abs_difference     DECIMAL(18,6) NOT NULL,
+    pct_difference     DECIMAL(18,4),           -- of the larger ending balance
+    unit_cost          DECIMAL(18,6),
+    value_difference   DECIMAL(18,2),           -- abs_difference x unit_cost
+    ledger_transactions BIGINT       NOT NULL,
+    is_variance        BOOLEAN       NOT NULL
+);
+
+-- One row per variance and explanation: why the systems disagree, and the transaction_ids
+-- that explain it. cause: pending_sync | retrying | quarantined | dead_lettered | late_delivery
+-- | missing_in_mes | missing_in_erp | not_published | unit_mismatch | unexplained.
+CREATE TABLE IF NOT EXISTS recon.variance_investigation (
+    partition_hour     TIMESTAMPTZ   NOT NULL,
+    material_number    VARCHAR       NOT NULL,
+    location           VARCHAR       NOT NULL,
+    unit               VARCHAR       NOT NULL,
+    system             VARCHAR       NOT NULL,  -- the system whose books miss the movement: ERP | MES
+    cause              VARCHAR       NOT NULL,
+    is_timing          BOOLEAN       NOT NULL,  -- resolves by itself; never corrected
+    explained_quantity DECIMAL(18,6) NOT NULL,  -- signed: what the system would need to agree
+    transaction_ids    VARCHAR[]     NOT NULL,
+    detail             VARCHAR
+);
+
+-- What the pipeline still holds when an hour is investigated: queued, retrying, parked or
+-- quarantined messages (read from the broker and the staged quarantine).
+CREATE TABLE IF NOT EXISTS recon.pipeline_backlog (
+    partition_hour  TIMESTAMPTZ NOT NULL,
+    transaction_id  VARCHAR,
+    place           VARCHAR     NOT NULL,  -- queue name, retry.N, parking, quarantine
+    kind            VARCHAR     NOT NULL,  -- pending_sync | retrying | dead_lettered | quarantined
+    material_number VARCHAR,
+    location        VARCHAR,
+    unit            VARCHAR,
+    quantity_effect DECIMAL(18,6),
+    to_location     VARCHAR,
+    reason          VARCHAR,
+    observed_at     TIMESTAMPTZ NOT NULL
+);
