@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
@@ -18,6 +19,8 @@ defs = dg.Definitions(
         mes_inventory_snapshot,
         inventory_variances,
         variance_investigation,
+        auto_corrections,
+        correction_audit_log,
     ],
     jobs=[stage_and_ledger_job, hourly_reconciliation_job],
     sensors=[ledger_tap_sensor],

@@ -194,7 +194,7 @@ def test_stock_as_of_equals_the_stock_at_that_time(client):
 
     def replay(cut: datetime) -> dict[tuple[str, str], Decimal]:
         stock: dict[tuple[str, str], Decimal] = {}
-        for e in (e for e in timeline if e.timestamp <= cut):
+        for e in (e for e in timeline if e.timestamp < cut):
             here, there = (e.location, e.material_number), (e.to_location, e.material_number)
             if e.transaction_type == "cycle_count":
                 stock[here] = e.quantity

@@ -146,3 +146,81 @@ def test_rerunning_an_hour_changes_nothing(settings, topology, connection, plant
 
     assert tables() == first
     assert len(first[2]) == 6 and sum(1 for row in first[2] if row[-1]) == 1
+
+
+def _reconcile_with_corrections(hour_key: str) -> None:
+    from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
+
+    result = dg.materialize(
+        [*RECON_ASSETS, auto_corrections, correction_audit_log],
+        partition_key=hour_key,
+        resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
+        run_config={"ops": {"auto_corrections": {"config": {"effective_at": "next_hour_start"}}}},
+    )
+    assert result.success
+
+
+def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_agrees(
+    settings, topology, connection, plant
+):
+    from click.testing import CliRunner
+
+    from invsync_pipeline.cli import main
+
+    erp, mes = plant
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
+    key, next_key = hour.strftime("%Y-%m-%d-%H:00"), (hour + timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
+    at = lambda minutes: (hour + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    materials = ["LOST", "NEVER-SENT", "WIP-1", "BIG"]
+    _erp_posts_and_publishes(settings, erp, [event(material_number=m, quantity="1000", timestamp=at(5))
+                                             for m in materials])  # fmt: skip
+    lost, big = event(material_number="LOST", quantity="30", timestamp=at(10)), event(
+        material_number="BIG", quantity="600", timestamp=at(10))  # fmt: skip
+    channel = connection.channel()
+    for e in (lost, big):  # booked in the ERP, reach the ledger but never the MES
+        erp.post(parse_event(e))
+        channel.basic_publish("", topology.ledger_tap, parse_event(e).to_body(), pika.BasicProperties(delivery_mode=2))
+    erp.post(parse_event(event(material_number="NEVER-SENT", quantity="50", timestamp=at(10))))
+    mes.backflush(material_number="WIP-1", material_type="raw", location="WH01/RM01", quantity=Decimal("12"),
+                  unit="KG", order="PO-7", timestamp=hour + timedelta(minutes=20))  # fmt: skip
+    _settle(settings, connection, topology)
+
+    _reconcile_with_corrections(key)
+
+    with open_warehouse(settings.warehouse_path, read_only=True) as conn:
+        corrections = conn.execute(
+            "SELECT material_number, target_system, quantity, status, rule, correction_id FROM recon.corrections "
+            "ORDER BY material_number"
+        ).fetchall()
+        alerts = conn.execute("SELECT severity, kind, subject FROM recon.alerts").fetchall()
+        audit = conn.execute("SELECT count(*) FROM recon.correction_audit_log").fetchone()[0]
+    assert [c[:5] for c in corrections] == [
+        ("BIG", "MES", Decimal("600"), "held_for_review", "erp_wins_receipts_and_shipments"),
+        ("LOST", "MES", Decimal("30"), "applied", "erp_wins_receipts_and_shipments"),
+        ("NEVER-SENT", "MES", Decimal("50"), "applied", "erp_wins_receipts_and_shipments"),
+        ("WIP-1", "ERP", Decimal("-12"), "applied", "mes_wins_wip_consumption"),
+    ]
+    assert len(alerts) == 1 and alerts[0][0] == "critical" and "BIG" in alerts[0][2]
+    assert audit == 4
+
+    big_id = corrections[0][5]
+    runner = CliRunner()
+    assert runner.invoke(main, ["review", "approve", big_id, "--by", ""]).exit_code == 2  # nobody decided
+    approved = runner.invoke(main, ["review", "approve", big_id, "--by", "Sam Lee", "--effective-at", "next-hour"])
+    assert approved.exit_code == 0, approved.output
+    again = runner.invoke(main, ["review", "approve", big_id, "--by", "Sam Lee"])
+    assert again.exit_code == 2 and "not waiting for review" in again.output
+    _settle(settings, connection, topology)
+
+    _reconcile_with_corrections(key)  # re-running the hour decides nothing new
+    _reconcile_with_corrections(next_key)
+
+    with open_warehouse(settings.warehouse_path, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM recon.corrections").fetchone()[0] == 4
+        left = conn.execute(
+            "SELECT material_number, cross_difference FROM recon.variances WHERE partition_hour = ? AND is_variance",
+            [hour + timedelta(hours=1)],
+        ).fetchall()
+        actions = conn.execute("SELECT action, actor FROM recon.correction_audit_log ORDER BY logged_at").fetchall()
+    assert left == []  # after the corrections, both systems agree on the next hour
+    assert ("approved", "supervisor:Sam Lee") in actions

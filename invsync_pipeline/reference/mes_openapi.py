@@ -234,7 +234,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Stock balances, current or as of an instant",
                 "description": (
                     "Ordered by (location, material_number, unit). With as_of, each balance is the sum of the "
-                    "effects of the movements whose event timestamp is at or before as_of; an effect is the "
+                    "effects of the movements whose event timestamp is before as_of (strictly); an effect is the "
                     "balance after minus before as applied, so cycle counts are exact. Without as_of, pages "
                     "read live balances: pass as_of for a snapshot that does not move between pages."
                 ),

@@ -286,7 +286,9 @@ class MesStore:
         if as_of is None:
             sql = "SELECT location, material_number, unit, quantity_micro FROM stock"
         else:
-            where.append("event_ts <= ?")
+            # Strictly before: a movement stamped exactly on an hour boundary belongs to the hour it
+            # starts, as in the ERP's as-of stock and the hourly partitions.
+            where.append("event_ts < ?")
             params.append(utc_text(as_of))
             sql = "SELECT location, material_number, unit, SUM(after_micro - before_micro) FROM movements"
         if where:

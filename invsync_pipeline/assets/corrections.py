@@ -1,0 +1,115 @@
+"""auto_corrections and correction_audit_log: fix the wrong system by the rules, and keep the trail."""
+
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+
+from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
+from invsync_pipeline.assets.variances import _md_table, variance_investigation
+from invsync_pipeline.messaging.staged_log import hour_bounds
+from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+
+
+class CorrectionConfig(dg.Config):
+    # "now" in live operation; "next_hour_start" when replaying past hours as if live (demo,
+    # tests), so the correction lands in the next hour and that hour's check shows the result.
+    effective_at: Literal["now", "next_hour_start"] = "now"
+    rules_path: str | None = None  # default: INVSYNC_RULES or data/rules.yaml
+
+
+@dg.asset(
+    deps=[variance_investigation],
+    partitions_def=hourly_partitions,
+    group_name="reconciliation",
+    kinds={"duckdb", "rabbitmq"},
+    pool=DUCKDB_WRITER_POOL,
+    metadata={"dagster/table_name": "recon.corrections"},
+)
+def auto_corrections(
+    context: dg.AssetExecutionContext, config: CorrectionConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Corrects the system that is wrong, by the source-of-truth rules in data/rules.yaml.
+
+    ERP wins for receipts and shipments, MES wins for WIP consumption (as the rules file says).
+    A non-critical difference is corrected at once by an adjustment event (source_system
+    RECON, reason correction) published through the exchange: the sync worker applies it to
+    the MES, the ERP adapter posts it in the ERP tables. A critical one (above the % or value
+    limit for its material type or ABC class), or a cause nobody can settle automatically,
+    waits in the review queue (`invsync review list`) and raises an alert. Timing differences
+    are never corrected, and no correction is made twice."""
+    from invsync_pipeline.recon.corrections import alert_held, apply_correction, decide, effective_time, record
+    from invsync_pipeline.recon.rules import load_rules
+
+    rules = load_rules(config.rules_path)  # a bad rules file stops here, before anything changes
+    start, end = hour_bounds(context.partition_key)
+    settings = invsync.settings()
+    with warehouse.connect() as conn:
+        decisions = decide(conn, start, rules)
+        applied = held = 0
+        for correction in decisions:
+            effective = None
+            if correction.status == "applied":
+                effective = effective_time(end, config.effective_at)
+                apply_correction(settings, correction, effective)
+                applied += 1
+            conn.execute("BEGIN TRANSACTION")
+            record(conn, correction, effective)
+            if correction.status == "held_for_review":
+                alert_held(conn, correction)
+                held += 1
+            conn.execute("COMMIT")
+        summary = conn.execute(
+            """SELECT status, target_system, cause, count(*) AS corrections, sum(abs(quantity)) AS quantity
+               FROM recon.corrections WHERE partition_hour = ? GROUP BY ALL ORDER BY ALL""",
+            [start],
+        ).df()
+    return dg.MaterializeResult(
+        metadata={
+            "new_corrections": len(decisions),
+            "applied": applied,
+            "held_for_review": held,
+            "hour_summary": dg.MetadataValue.md(_md_table(summary)),
+        }
+    )
+
+
+@dg.asset(
+    deps=[auto_corrections],
+    partitions_def=hourly_partitions,
+    group_name="reconciliation",
+    kinds={"duckdb", "csv"},
+    pool=DUCKDB_WRITER_POOL,
+    metadata={"dagster/table_name": "recon.correction_audit_log"},
+)
+def correction_audit_log(
+    context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """The append-only trail of every correction: rule, who or what decided, before and after,
+    and the transactions that explain it. Rows are appended when a correction is decided
+    (auto_corrections) and when a supervisor approves or rejects one (`invsync review`); none is
+    ever changed. This asset exports the hour's trail as CSV for auditors and checks that the
+    log only grew."""
+    start, _ = hour_bounds(context.partition_key)
+    out_dir = invsync.settings().home / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with warehouse.connect(read_only=True) as conn:
+        trail = conn.execute(
+            "SELECT * FROM recon.correction_audit_log WHERE partition_hour = ? ORDER BY logged_at, correction_id",
+            [start],
+        ).df()
+        total = conn.execute("SELECT count(*) FROM recon.correction_audit_log").fetchone()[0]
+    path = out_dir / f"audit-{start:%Y-%m-%dT%H}.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    trail.to_csv(tmp, index=False)
+    tmp.replace(path)
+    shown = trail[["logged_at", "correction_id", "action", "actor", "target_system", "quantity", "cause"]]
+    return dg.MaterializeResult(
+        metadata={
+            "hour_entries": len(trail),
+            "log_entries_total": total,
+            "trail": dg.MetadataValue.md(_md_table(shown if len(trail) else pd.DataFrame())),
+            "csv": dg.MetadataValue.path(str(path)),
+        }
+    )

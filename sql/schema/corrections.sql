@@ -1,0 +1,62 @@
+-- Corrections, their audit trail, and alerts.
+CREATE SCHEMA IF NOT EXISTS recon;
+
+-- Every correction decided by the source-of-truth rules, applied or waiting for a supervisor.
+-- correction_id is derived from the hour, the material-location, the cause and the explaining
+-- transactions, so deciding the same hour again finds the same id and corrects nothing twice.
+-- It is also the transaction_id of the RECON adjustment event that carries the correction.
+CREATE TABLE IF NOT EXISTS recon.corrections (
+    correction_id    VARCHAR       NOT NULL,
+    partition_hour   TIMESTAMPTZ   NOT NULL,
+    material_number  VARCHAR       NOT NULL,
+    material_type    VARCHAR,
+    location         VARCHAR       NOT NULL,
+    unit             VARCHAR       NOT NULL,
+    cause            VARCHAR       NOT NULL,
+    target_system    VARCHAR       NOT NULL,  -- the system that is wrong and gets the adjustment
+    quantity         DECIMAL(18,6) NOT NULL,  -- signed adjustment for the target system
+    truth            VARCHAR       NOT NULL,  -- the system the rule says is right
+    rule             VARCHAR       NOT NULL,  -- source-of-truth rule name (data/rules.yaml)
+    pct_of_balance   DECIMAL(18,4),
+    value            DECIMAL(18,2),
+    critical         BOOLEAN       NOT NULL,
+    status           VARCHAR       NOT NULL,  -- applied | held_for_review | approved | rejected
+    decided_by       VARCHAR       NOT NULL,  -- auto:<rule> or supervisor:<name>
+    decided_at       TIMESTAMPTZ   NOT NULL,
+    before_quantity  DECIMAL(18,6),           -- target system's balance at the hour's end
+    after_quantity   DECIMAL(18,6),
+    explained_by     VARCHAR[]     NOT NULL,  -- transaction_ids that explain the difference
+    effective_at     TIMESTAMPTZ,             -- timestamp of the correction event once applied
+    note             VARCHAR
+);
+
+-- Append-only: one row per action on a correction (decided, held, approved, rejected, applied).
+CREATE TABLE IF NOT EXISTS recon.correction_audit_log (
+    logged_at        TIMESTAMPTZ   NOT NULL,
+    correction_id    VARCHAR       NOT NULL,
+    action           VARCHAR       NOT NULL,
+    actor            VARCHAR       NOT NULL,
+    partition_hour   TIMESTAMPTZ   NOT NULL,
+    material_number  VARCHAR       NOT NULL,
+    location         VARCHAR       NOT NULL,
+    unit             VARCHAR       NOT NULL,
+    target_system    VARCHAR       NOT NULL,
+    quantity         DECIMAL(18,6) NOT NULL,
+    rule             VARCHAR       NOT NULL,
+    cause            VARCHAR       NOT NULL,
+    before_quantity  DECIMAL(18,6),
+    after_quantity   DECIMAL(18,6),
+    transaction_ids  VARCHAR[]     NOT NULL,
+    note             VARCHAR
+);
+
+-- Every alert raised, delivered to the webhook or not (INVSYNC_ALERT_WEBHOOK_URL).
+CREATE TABLE IF NOT EXISTS recon.alerts (
+    alert_id       VARCHAR     NOT NULL,  -- one incident, one alert: the key de-duplicates
+    created_at     TIMESTAMPTZ NOT NULL,
+    severity       VARCHAR     NOT NULL,  -- critical | warning | info
+    kind           VARCHAR     NOT NULL,
+    subject        VARCHAR     NOT NULL,
+    message        VARCHAR     NOT NULL,
+    delivery       VARCHAR     NOT NULL   -- sent | failed: <why> | not configured
+);
