@@ -3,12 +3,14 @@
 import dagster as dg
 
 from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
+from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
 from invsync_pipeline.jobs import hourly_reconciliation_job, stage_and_ledger_job
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.schedules import hourly_reconciliation_schedule
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
 
 defs = dg.Definitions(
@@ -21,8 +23,10 @@ defs = dg.Definitions(
         variance_investigation,
         auto_corrections,
         correction_audit_log,
+        analyst_exports,
     ],
     jobs=[stage_and_ledger_job, hourly_reconciliation_job],
     sensors=[ledger_tap_sensor],
+    schedules=[hourly_reconciliation_schedule],
     resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
 )

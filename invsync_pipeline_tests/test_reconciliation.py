@@ -150,9 +150,10 @@ def test_rerunning_an_hour_changes_nothing(settings, topology, connection, plant
 
 def _reconcile_with_corrections(hour_key: str) -> None:
     from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
+    from invsync_pipeline.assets.exports import analyst_exports
 
     result = dg.materialize(
-        [*RECON_ASSETS, auto_corrections, correction_audit_log],
+        [*RECON_ASSETS, auto_corrections, correction_audit_log, analyst_exports],
         partition_key=hour_key,
         resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
         run_config={"ops": {"auto_corrections": {"config": {"effective_at": "next_hour_start"}}}},
@@ -224,3 +225,10 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
         actions = conn.execute("SELECT action, actor FROM recon.correction_audit_log ORDER BY logged_at").fetchall()
     assert left == []  # after the corrections, both systems agree on the next hour
     assert ("approved", "supervisor:Sam Lee") in actions
+    # Analysts read the exported Parquet files, never the file a run is writing.
+    import duckdb
+
+    exported = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{settings.home}/exports/recon.corrections/*/*.parquet')"
+    ).fetchone()[0]
+    assert exported == 4
