@@ -5,6 +5,7 @@ import dagster as dg
 from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
 from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.reports import variance_report
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
@@ -23,6 +24,7 @@ defs = dg.Definitions(
         variance_investigation,
         auto_corrections,
         correction_audit_log,
+        variance_report,
         analyst_exports,
     ],
     jobs=[stage_and_ledger_job, hourly_reconciliation_job],

@@ -17,7 +17,7 @@ import duckdb
 from invsync_pipeline.settings import PROJECT_ROOT
 
 SQL_DIR = PROJECT_ROOT / "sql"
-SCHEMA_FILES = ("staging.sql", "ledger.sql", "snapshots.sql", "recon.sql", "corrections.sql")
+SCHEMA_FILES = ("staging.sql", "ledger.sql", "snapshots.sql", "recon.sql", "corrections.sql", "reports.sql")
 
 
 @cache

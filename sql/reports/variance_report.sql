@@ -1,0 +1,49 @@
+-- Builds recon.variance_report for one hour ($partition_hour): every variance of the hour,
+-- once per cause the investigation found, with the correction the rules decided for that cause.
+WITH variances AS (
+    SELECT * FROM recon.variances WHERE partition_hour = $partition_hour AND is_variance
+),
+
+causes AS (
+    SELECT * FROM recon.variance_investigation WHERE partition_hour = $partition_hour
+),
+
+-- A correction is decided for one investigation row: same material-location, unit and cause,
+-- explained by the same transactions. Its status is read now, so a supervisor's approval or
+-- rejection since shows when the hour is reported again.
+corrections AS (
+    SELECT correction_id, material_number, location, unit, cause, explained_by, status, critical
+    FROM recon.corrections WHERE partition_hour = $partition_hour
+)
+
+SELECT
+    v.partition_hour,
+    v.warehouse,
+    v.material_type,
+    v.abc_class,
+    v.material_number,
+    v.location,
+    v.unit,
+    coalesce(c.cause, 'no_cause_found') AS cause,
+    c.system,
+    coalesce(c.is_timing, false) AS is_timing,
+    v.erp_end,
+    v.mes_end,
+    v.erp_three_way,
+    v.mes_three_way,
+    v.cross_difference,
+    v.pct_difference,
+    v.unit_cost,
+    v.value_difference,
+    c.explained_quantity,
+    round(abs(c.explained_quantity) * v.unit_cost, 2) AS explained_value,
+    coalesce(c.transaction_ids, []::VARCHAR[]) AS transaction_ids,
+    c.detail,
+    k.correction_id,
+    k.status AS correction_status,
+    k.critical
+FROM variances AS v
+LEFT JOIN causes AS c USING (material_number, location, unit)
+LEFT JOIN corrections AS k
+    ON k.material_number = v.material_number AND k.location = v.location AND k.unit = v.unit
+   AND k.cause = c.cause AND k.explained_by = c.transaction_ids
