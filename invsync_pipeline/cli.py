@@ -446,6 +446,114 @@ def erp_post(ctx: click.Context, file) -> None:
     sys.exit(1 if bad else 0)
 
 
+# --- dead letters ----------------------------------------------------------------------------------
+def _dlq_filters(tx: tuple[str, ...], reason: str | None, material: str | None, since, until):
+    from invsync_pipeline.messaging.dlq import Filters
+
+    return Filters(reason=reason, material=material, since=since, until=until, transaction_ids=tuple(tx))
+
+
+def _dlq_options(fn):
+    for option in reversed([
+        click.option("--tx", multiple=True, help="Only this transaction_id (repeatable)."),
+        click.option("--reason", default=None, help="Only parked reasons containing this text."),
+        click.option("--material", default=None, help="Only materials matching this glob, e.g. RAW-*."),
+        click.option("--since", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None,
+                     help="Only events at or after this time (event timestamp)."),
+        click.option("--until", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None),
+    ]):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+def _actor(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+@main.group()
+def dlq() -> None:
+    """The parking queue: what failed every retry, was invalid, or expired."""
+
+
+@dlq.command("list")
+@_dlq_options
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dlq_list(ctx, tx, reason, material, since, until, as_json) -> None:
+    """Parked messages with their reasons (nothing is removed)."""
+    from invsync_pipeline.messaging.dlq import browse
+
+    parked = browse(_settings(ctx), _dlq_filters(tx, reason, material, since, until))
+    for p in parked:
+        if as_json:
+            click.echo(json.dumps(p.summary()))
+        else:
+            click.echo(f"{p.transaction_id or '?':<28} {p.material_number or '?':<14} retries={p.retries}  {p.reason}")
+    if not as_json:
+        click.echo(f"{len(parked)} parked message(s) match")
+
+
+@dlq.command("show")
+@click.argument("transaction_id")
+@click.pass_context
+def dlq_show(ctx, transaction_id) -> None:
+    """One parked message: headers and body."""
+    from invsync_pipeline.messaging.dlq import browse
+
+    found = browse(_settings(ctx), _dlq_filters((transaction_id,), None, None, None, None))
+    if not found:
+        click.echo(f"invsync: {transaction_id} is not in the parking queue", err=True)
+        sys.exit(2)
+    for p in found:
+        click.echo(json.dumps({**p.summary(), "headers": {k: str(v) for k, v in p.headers.items()},
+                               "body": p.body.decode("utf-8", "replace")}, indent=2))  # fmt: skip
+
+
+@dlq.command("replay")
+@_dlq_options
+@click.option("--all", "everything", is_flag=True, help="Replay every parked message (no filter needed).")
+@click.option("--dry-run", is_flag=True, help="Say what would happen; change nothing.")
+@click.option("--by", default=None, help="Who replays (default: the login name).")
+@click.pass_context
+def dlq_replay(ctx, tx, reason, material, since, until, everything, dry_run, by) -> None:
+    """Send parked messages back to the queue that failed them; invalid ones are refused."""
+    from invsync_pipeline.messaging.dlq import replay
+
+    filters = _dlq_filters(tx, reason, material, since, until)
+    if not everything and filters == _dlq_filters((), None, None, None, None):
+        raise click.UsageError("name what to replay (--tx, --reason, --material, --since/--until) or pass --all")
+    outcome = replay(_settings(ctx), filters, _actor(by), dry_run=dry_run)
+    verb = "would replay" if dry_run else "replayed"
+    for p in outcome.replayed:
+        click.echo(f"{verb} {p.transaction_id} -> {p.failed_queue or 'its plant queue'}")
+    for p, why in outcome.refused:
+        click.echo(f"refused {p.transaction_id}: {why} (it stays parked)")
+    click.echo(f"{len(outcome.replayed)} {verb}, {len(outcome.refused)} refused")
+    sys.exit(1 if outcome.refused else 0)
+
+
+@dlq.command("discard")
+@_dlq_options
+@click.option("--note", required=True, help="Why: kept in the audit with the whole message.")
+@click.option("--dry-run", is_flag=True)
+@click.option("--by", default=None)
+@click.pass_context
+def dlq_discard(ctx, tx, reason, material, since, until, note, dry_run, by) -> None:
+    """Remove parked messages for good (the audit keeps each whole, with who and why)."""
+    from invsync_pipeline.messaging.dlq import discard
+
+    filters = _dlq_filters(tx, reason, material, since, until)
+    if filters == _dlq_filters((), None, None, None, None):
+        raise click.UsageError("name what to discard (--tx, --reason, --material, --since/--until)")
+    try:
+        gone = discard(_settings(ctx), filters, _actor(by), note, dry_run=dry_run)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{len(gone)} {'would be discarded' if dry_run else 'discarded'}")
+
+
 # --- rules and review ----------------------------------------------------------------------------
 @main.group()
 def rules() -> None:
