@@ -9,6 +9,7 @@ from invsync_pipeline.assets.reports import variance_report
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
+from invsync_pipeline.checks.asset_checks import ASSET_CHECKS
 from invsync_pipeline.jobs import hourly_reconciliation_job, stage_and_ledger_job
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.schedules import hourly_reconciliation_schedule
@@ -27,8 +28,12 @@ defs = dg.Definitions(
         variance_report,
         analyst_exports,
     ],
+    asset_checks=ASSET_CHECKS,
     jobs=[stage_and_ledger_job, hourly_reconciliation_job],
     sensors=[ledger_tap_sensor],
     schedules=[hourly_reconciliation_schedule],
     resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
+    # Steps of one run go one after the other in one process: DuckDB takes one writer, and the
+    # pool `duckdb_writer` only keeps runs apart, not the steps inside a run.
+    executor=dg.in_process_executor,
 )
