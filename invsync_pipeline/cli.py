@@ -284,9 +284,12 @@ def _mes_client(ctx: click.Context):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), help="SQLite file (default <home>/mes.sqlite).")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="Publish backflushes to the exchange through <home>/mes-outbox.sqlite.")  # fmt: skip
 @click.pass_context
-def mes_serve(ctx: click.Context, host: str, port: int, db_path: str | None) -> None:
+def mes_serve(ctx: click.Context, host: str, port: int, db_path: str | None, publish: bool) -> None:
     """Run the reference MES (a Smart Factory stand-in) in the foreground."""
+    from invsync_pipeline.reference.mes_publisher import MesPublisher
     from invsync_pipeline.reference.mes_service import serve
 
     settings = _settings(ctx)
@@ -296,8 +299,10 @@ def mes_serve(ctx: click.Context, host: str, port: int, db_path: str | None) -> 
             "export INVSYNC_MES_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     path = db_path or str(settings.home / "mes.sqlite")
-    click.echo(f"reference MES on http://{host}:{port} (data {path}); OpenAPI at /openapi.json", err=True)
-    serve(host, port, path, settings.mes_token)
+    publisher = MesPublisher(settings) if publish else None
+    where = f"; backflushes published through {publisher.path}" if publisher else "; backflushes not published"
+    click.echo(f"reference MES on http://{host}:{port} (data {path}){where}; OpenAPI at /openapi.json", err=True)
+    serve(host, port, path, settings.mes_token, publish=publisher)
 
 
 @mes.command("stock")
@@ -680,6 +685,84 @@ def review_reject(ctx: click.Context, correction_id: str, by: str, note: str) ->
     with _warehouse(ctx) as conn:
         reject(conn, correction_id, by, note)
     click.echo(f"rejected {correction_id}")
+
+
+# --- plant simulator ------------------------------------------------------------------------------
+def _start_hour(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO hour such as 2026-11-24T08:00Z") from None
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)  # no offset: read as UTC
+    if ts != ts.replace(minute=0, second=0, microsecond=0):
+        raise click.BadParameter(f"{value!r} is not a whole hour; use e.g. {ts:%Y-%m-%dT%H}:00Z")
+    return ts
+
+
+@main.command("simulate")
+@click.option("--hours", type=click.IntRange(1), default=2, show_default=True, help="Simulated hours.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The same seed gives the same events.")
+@click.option("--start", callback=_start_hour,
+              help="First hour in UTC, e.g. 2026-11-24T08:00Z (default: the last --hours full hours).")  # fmt: skip
+@click.option("--faults", default="default", show_default=True, help="default, none, or a YAML fault profile.")
+@click.option("--plant-size", type=click.Choice(["small", "medium"]), default="small", show_default=True)
+@click.option("--embedded-mes", is_flag=True, help="Run the reference MES in this process (the default).")
+@click.option("--mes-url", help="Use the MES running there (token: INVSYNC_MES_TOKEN), e.g. `invsync mes serve`.")
+@click.option("--with-worker/--no-worker", default=True, show_default=True,
+              help="Run the sync worker until the plant queues are drained.")  # fmt: skip
+@click.option("--verify", is_flag=True,
+              help="Compare ERP and MES stock; exit 1 if a material-location without a fault differs.")  # fmt: skip
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the worker to catch up at each checkpoint.")  # fmt: skip
+@click.pass_context
+def simulate(ctx: click.Context, hours: int, seed: int, start, faults: str, plant_size: str, embedded_mes: bool,
+             mes_url: str | None, with_worker: bool, verify: bool, timeout: float) -> None:  # fmt: skip
+    """Simulate plant hours: ERP postings and MES backflushes with injected faults, and their ground truth."""
+    from invsync_pipeline.messaging.outbox import OutboxError
+    from invsync_pipeline.reference.simulator import FaultProfileError, SimulationError
+    from invsync_pipeline.reference.simulator import simulate as run_simulation
+    from invsync_pipeline.sources.mes import MesError
+
+    if embedded_mes and mes_url:
+        raise click.UsageError("give either --embedded-mes or --mes-url, not both")
+    if not with_worker and verify:
+        click.echo("invsync: --no-worker leaves the MES without the ERP's events; --verify will show that", err=True)
+    try:
+        report = run_simulation(_settings(ctx), seed=seed, hours=hours, start=start, plant_size=plant_size,
+                                faults=faults, mes_url=mes_url, with_worker=with_worker, verify=verify,
+                                drain_timeout=timeout)  # fmt: skip
+    except (FaultProfileError, SimulationError, MesError, OutboxError) as exc:
+        click.echo(f"invsync: {exc}", err=True)
+        sys.exit(2)
+    summary, sim, r = report.summary(), report.sim, report.result
+    plant = f"{sim.plant.size} plant ({len(sim.plant.materials)} materials, {', '.join(sim.plant.warehouses)})"
+    click.echo(f"simulated {sim.hours} h from {sim.start:%Y-%m-%d %H:%M} UTC, seed {sim.seed}, {plant}, "
+               f"faults: {sim.profile.name}")  # fmt: skip
+    click.echo(f"  {r.events} events: {r.erp_postings} ERP postings, {r.backflushes} MES backflushes; "
+               f"{r.published} messages published in {r.seconds:.1f} s")  # fmt: skip
+    faults_text = ", ".join(f"{k} {v}" for k, v in summary["faults"].items()) or "none"
+    click.echo(f"  faults injected: {faults_text}")
+    click.echo(f"  ground truth: {r.truth_path} (simulation_runs, injected_faults, planned_events)")
+    if r.unpublished_backflushes:
+        click.echo(f"invsync: the MES did not publish {len(r.unpublished_backflushes)} backflush(es); start it with "
+                   "`invsync mes serve --publish`", err=True)  # fmt: skip
+    failed = False
+    if report.comparison is not None:
+        c = report.comparison
+        off_truth = c[c["fault_touched"] & ~c["matches_ground_truth"]]
+        click.echo(f"verify: {len(c)} material-location-units, {int((c['difference'] != 0).sum())} differ; "
+                   f"{len(report.unexpected)} without a fault differ, {len(off_truth)} faulted differ from the "
+                   "ground truth")  # fmt: skip
+        for title, rows in (("differ without a fault", report.unexpected), ("not as the ground truth says", off_truth)):
+            if len(rows):
+                click.echo(f"  {title}:\n" + rows.to_string(index=False))
+        failed = bool(len(report.unexpected))
+    click.echo(json.dumps(summary))
+    sys.exit(1 if failed else 0)
 
 
 # --- sync worker ----------------------------------------------------------------------------------
