@@ -228,7 +228,9 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
     # Analysts read the exported Parquet files, never the file a run is writing.
     import duckdb
 
-    exported = duckdb.connect().execute(
-        f"SELECT count(*) FROM read_parquet('{settings.home}/exports/recon.corrections/*/*.parquet')"
-    ).fetchone()[0]
+    exported = (
+        duckdb.connect()
+        .execute(f"SELECT count(*) FROM read_parquet('{settings.home}/exports/recon.corrections/*/*.parquet')")
+        .fetchone()[0]
+    )
     assert exported == 4

@@ -72,6 +72,16 @@ def inventory_variances(context: dg.AssetExecutionContext, warehouse: WarehouseR
     )
 
 
+BACKLOG_COLUMNS = ["partition_hour", "transaction_id", "place", "kind", "material_number", "location", "unit",
+                   "quantity_effect", "to_location", "reason", "observed_at"]  # fmt: skip
+
+
+class InvestigationConfig(dg.Config):
+    # Read the pipeline backlog and the MES applied log again instead of reusing what the
+    # first investigation of this hour saw (a backfill then may differ from the live run).
+    refresh: bool = False
+
+
 def _backlog_frame(settings, start: datetime) -> pd.DataFrame:
     """The pipeline's held messages that belong to this hour (or whose hour cannot be read)."""
     from invsync_pipeline.messaging.backlog import browse_backlog
@@ -120,9 +130,12 @@ def _mes_applied_now(settings, start: datetime) -> pd.DataFrame:
             for row in mes.applied_transactions(since=start)
             if row["status"] == "applied"
         ]
-    frame = pd.DataFrame(rows, columns=["transaction_id", "applied_at"])
-    # Typed even when empty, so DuckDB sees a timestamp column and not strings.
-    return frame.astype({"transaction_id": "object", "applied_at": "datetime64[us, UTC]"})
+    frame = pd.DataFrame(
+        [(start, tx, at) for tx, at in rows], columns=["partition_hour", "transaction_id", "applied_at"]
+    )
+    # Typed even when empty, so DuckDB sees timestamp columns and not strings.
+    return frame.astype({"partition_hour": "datetime64[us, UTC]", "transaction_id": "object",
+                         "applied_at": "datetime64[us, UTC]"})  # fmt: skip
 
 
 @dg.asset(
@@ -134,32 +147,51 @@ def _mes_applied_now(settings, start: datetime) -> pd.DataFrame:
     metadata={"dagster/table_name": "recon.variance_investigation"},
 )
 def variance_investigation(
-    context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: InvestigationConfig,
+    invsync: InvsyncResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Why each variance of the hour exists, with the transaction_ids that explain it.
 
     In the order an analyst would look: (a) messages still in the pipeline — queued for the
-    MES, in a retry queue, parked, or quarantined by the drain; (b) events that arrived after
-    the hour closed (sync gaps); (c) the ERP's material documents and the MES's applied log
-    against the ledger — booked in one system and missing in the other, never published, or
-    booked under another unit; (d) whatever is left is `unexplained`. Timing causes
-    (`is_timing`) resolve by themselves and are never corrected."""
+    MES, in a retry queue, parked, or quarantined by the drain; (b) events the MES applied only
+    after its snapshot of the hour (sync gaps); (c) the ERP's material documents and the MES's
+    applied log against the ledger — booked in one system and missing in the other, never
+    published, or booked under another unit; a difference already there when the hour began is
+    `carried_over`; (d) whatever is left is `unexplained`. Timing causes (`is_timing`) resolve
+    by themselves and are never corrected. What the pipeline and the MES showed at the first
+    investigation of an hour is kept, so re-running the hour gives the same findings."""
     start, _ = hour_bounds(context.partition_key)
     settings = invsync.settings()
-    try:
-        backlog = _backlog_frame(settings, start)
-    except ConnectionError as exc:  # the broker is down: investigate with what is on disk
-        context.log.warning(f"pipeline backlog not read: {exc}")
-        backlog = pd.DataFrame()
-    applied_now = _mes_applied_now(settings, start)
     with warehouse.connect() as conn:
-        conn.register("mes_applied_now", applied_now)
+        observed = conn.execute(
+            "SELECT observed_at FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
+        ).fetchone()
+    if observed is None or config.refresh:
+        # First look at this hour: read the pipeline and the MES as they are now, and keep it.
+        try:
+            backlog = _backlog_frame(settings, start)
+        except ConnectionError as exc:  # the broker is down: investigate with what is on disk
+            context.log.warning(f"pipeline backlog not read: {exc}")
+            backlog = pd.DataFrame(columns=BACKLOG_COLUMNS)
+        applied_now = _mes_applied_now(settings, start)
+        with warehouse.connect() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            for table in ("recon.pipeline_backlog", "recon.mes_applied_observed", "recon.investigation_inputs"):
+                conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [start])
+            for table, frame in (("recon.pipeline_backlog", backlog), ("recon.mes_applied_observed", applied_now)):
+                if len(frame):
+                    conn.register("incoming", frame)
+                    conn.execute(f"INSERT INTO {table} SELECT * FROM incoming")
+                    conn.unregister("incoming")
+            conn.execute(
+                "INSERT INTO recon.investigation_inputs VALUES (?, now(), ?, ?)",
+                [start, len(backlog), len(applied_now)],
+            )
+            conn.execute("COMMIT")
+    with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM recon.pipeline_backlog WHERE partition_hour = ?", [start])
-        if len(backlog):
-            conn.register("incoming", backlog)
-            conn.execute("INSERT INTO recon.pipeline_backlog SELECT * FROM incoming")
-            conn.unregister("incoming")
         conn.execute("DELETE FROM recon.variance_investigation WHERE partition_hour = ?", [start])
         conn.execute(
             f"INSERT INTO recon.variance_investigation {sql('recon/variance_investigation')}",
@@ -171,12 +203,16 @@ def variance_investigation(
                FROM recon.variance_investigation WHERE partition_hour = ? GROUP BY ALL ORDER BY rows DESC""",
             [start],
         ).df()
+        observed_at, backlog_rows = conn.execute(
+            "SELECT observed_at, backlog_rows FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
+        ).fetchone()
         conn.execute("COMMIT")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": int(by_cause["rows"].sum()) if len(by_cause) else 0,
             "causes": dg.MetadataValue.md(_md_table(by_cause)),
             "unexplained": int(by_cause.loc[by_cause["cause"] == "unexplained", "rows"].sum()) if len(by_cause) else 0,
-            "backlog_messages": len(backlog),
+            "backlog_messages": backlog_rows,
+            "inputs_observed_at": str(observed_at),
         }
     )

@@ -14,7 +14,7 @@ from invsync_pipeline.settings import PROJECT_ROOT
 DEFAULT_RULES_PATH = PROJECT_ROOT / "data" / "rules.yaml"
 REASONS = ("purchase_receipt", "production_receipt", "production_consumption", "shipment", "scrap", "return",
            "stock_transfer", "physical_inventory", "correction")  # fmt: skip
-CAUSES = ("pending_sync", "retrying", "quarantined", "dead_lettered", "late_delivery", "missing_in_mes",
+CAUSES = ("pending_sync", "retrying", "quarantined", "dead_lettered", "late_delivery", "carried_over", "missing_in_mes",
           "missing_in_erp", "not_published", "unit_mismatch", "unexplained")  # fmt: skip
 TIMING_CAUSES = ("pending_sync", "retrying", "late_delivery")
 

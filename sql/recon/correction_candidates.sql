@@ -5,6 +5,8 @@ WITH findings AS (
     SELECT *
     FROM recon.variance_investigation
     WHERE partition_hour = $partition_hour AND NOT is_timing AND explained_quantity <> 0
+      -- a difference carried over from an earlier hour was decided there
+      AND cause <> 'carried_over'
 ),
 
 -- The reason of each explaining transaction, from wherever it was seen: the ledger, the ERP's

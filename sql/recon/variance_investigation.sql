@@ -1,8 +1,8 @@
 -- Builds recon.variance_investigation for one hour ($partition_hour): for every
 -- variance, the transactions that explain it and why, in the order an analyst would look:
 -- (a) still in the pipeline (queued, retrying, parked, quarantined), (b) arrived late: the MES
--- applied it only after its snapshot was taken (mes_applied_now: the MES log read during this
--- investigation), (c) the ERP's documents and the MES's applied log against the ledger,
+-- applied it only after its snapshot was taken (recon.mes_applied_observed: the MES log as read
+-- when the hour was first investigated), (c) the ERP's documents and the MES's applied log against the ledger,
 -- (d) what is left.
 WITH variances AS (
     SELECT * FROM recon.variances WHERE partition_hour = $partition_hour AND is_variance
@@ -83,7 +83,9 @@ explanations AS (
                     'received ' || strftime(l.received_at, '%Y-%m-%d %H:%M:%S') || '; not in the MES applied log')
     FROM ledger_fx AS l
     LEFT JOIN backlog AS b USING (transaction_id)
-    LEFT JOIN mes_applied_now AS now USING (transaction_id)
+    LEFT JOIN (
+        SELECT transaction_id, applied_at FROM recon.mes_applied_observed WHERE partition_hour = $partition_hour
+    ) AS now USING (transaction_id)
     WHERE coalesce(l.target_system, 'MES') = 'MES'
       AND l.transaction_id NOT IN (SELECT transaction_id FROM mes_fx)
       AND l.transaction_id NOT IN (SELECT transaction_id FROM unit_mismatches)
@@ -118,6 +120,30 @@ explained AS (
     GROUP BY ALL
 ),
 
+-- The systems already disagreed when the hour began: a difference found (and corrected, or
+-- held for review) in an earlier hour, not a new one. It names that hour's transactions.
+carried AS (
+    SELECT
+        v.material_number, v.location, v.unit, 'MES' AS system, 'carried_over' AS cause,
+        v.erp_begin - v.mes_begin AS explained_quantity,
+        coalesce(earlier.transaction_ids, []) AS transaction_ids,
+        'the systems already disagreed when the hour began' AS detail
+    FROM variances AS v
+    LEFT JOIN (
+        SELECT material_number, location, unit, arg_max(transaction_ids, partition_hour) AS transaction_ids
+        FROM recon.variance_investigation
+        WHERE partition_hour < $partition_hour AND cause <> 'carried_over'
+        GROUP BY ALL
+    ) AS earlier USING (material_number, location, unit)
+    WHERE v.erp_begin <> v.mes_begin
+),
+
+all_explained AS (
+    SELECT * FROM explained
+    UNION ALL
+    SELECT * FROM carried
+),
+
 -- Whatever the explanations do not cover: what the MES would still need to match the ERP.
 residuals AS (
     SELECT
@@ -127,14 +153,14 @@ residuals AS (
           - coalesce(sum(e.explained_quantity) FILTER (WHERE e.system = 'MES'), 0) AS residual,
         v.erp_three_way, v.mes_three_way
     FROM variances AS v
-    LEFT JOIN explained AS e USING (material_number, location, unit)
+    LEFT JOIN all_explained AS e USING (material_number, location, unit)
     GROUP BY v.material_number, v.location, v.unit, v.cross_difference, v.erp_three_way, v.mes_three_way
 )
 
 SELECT CAST($partition_hour AS TIMESTAMPTZ) AS partition_hour, material_number, location, unit, system, cause,
        cause IN ('pending_sync', 'retrying', 'late_delivery') AS is_timing,
        explained_quantity, transaction_ids, detail
-FROM explained
+FROM all_explained
 UNION ALL
 SELECT CAST($partition_hour AS TIMESTAMPTZ), material_number, location, unit, 'MES', 'unexplained', false,
        residual, [], 'three-way ERP ' || erp_three_way || ', MES ' || mes_three_way

@@ -63,3 +63,19 @@ CREATE TABLE IF NOT EXISTS recon.pipeline_backlog (
     reason          VARCHAR,
     observed_at     TIMESTAMPTZ NOT NULL
 );
+
+-- The MES applied log as read when the hour was first investigated (to tell a sync gap from a
+-- lost event), and when that was. Kept, with recon.pipeline_backlog, so that re-running an
+-- hour investigates with what was seen then: a backfill gives the same findings as the live run.
+CREATE TABLE IF NOT EXISTS recon.mes_applied_observed (
+    partition_hour  TIMESTAMPTZ NOT NULL,
+    transaction_id  VARCHAR     NOT NULL,
+    applied_at      TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS recon.investigation_inputs (
+    partition_hour  TIMESTAMPTZ NOT NULL,
+    observed_at     TIMESTAMPTZ NOT NULL,
+    backlog_rows    BIGINT      NOT NULL,
+    applied_rows    BIGINT      NOT NULL
+);
