@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint dev bench-drain
+.PHONY: install demo test lint dev bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Runs of the demo land in this Dagster instance, so `make dev` shows them afterwards.
+DAGSTER_HOME_DIR ?= $(CURDIR)/data/runtime/dagster_home
+
 demo: install
 	scripts/ensure-broker
-	$(BIN)/invsync demo
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) scripts/dagster-home
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/invsync demo
 
 test: install
 	scripts/ensure-broker
@@ -30,9 +34,12 @@ lint: install
 
 dev: install
 	scripts/ensure-broker
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/runtime/dagster_home} scripts/dagster-home
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/runtime/dagster_home} $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) scripts/dagster-home
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dagster dev -w workspace.yaml
 
-bench-drain: install
+bench: install
 	scripts/ensure-broker
 	$(BIN)/python bench/drain.py
+	$(BIN)/python bench/outbox.py
+	$(BIN)/python bench/sync_lag.py
+	$(BIN)/python bench/reconcile.py

@@ -35,6 +35,9 @@ def _broker_reachable(host: str = "127.0.0.1", port: int = 5672) -> bool:
 def settings(tmp_path, monkeypatch) -> Settings:
     """Settings written to a config file and the environment, so subprocesses see them too."""
     monkeypatch.setenv("INVSYNC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # tests use ephemeral Dagster instances
+    for name in ("INVSYNC_MES_URL", "INVSYNC_MES_TOKEN", "INVSYNC_ERP_URL", "INVSYNC_RULES"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("INVSYNC_NAMESPACE", f"test.{uuid.uuid4().hex[:10]}.")
     config = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     config["topology"]["retry_delays_ms"] = TEST_RETRY_DELAYS_MS
