@@ -71,3 +71,14 @@ def test_events_before_the_first_partition_are_staged_but_not_requested(settings
 
     assert result.run_requests == []
     assert json.loads(result.cursor)["waiting"] == {}
+
+
+def test_the_sensor_declares_a_missing_topology_instead_of_failing(settings, connection):
+    from invsync_pipeline.messaging.topology import build_topology, delete_topology
+
+    try:
+        result = _tick(dg.DagsterInstance.ephemeral())
+        assert result.run_requests == []
+        assert queue_depth(connection, build_topology(settings).ledger_tap) == 0  # it exists now
+    finally:
+        delete_topology(settings)

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from invsync_pipeline.jobs import stage_and_ledger_job
-from invsync_pipeline.messaging.connection import BrokerUnavailable
+from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.messaging.staged_log import StagedEventLog, hour_bounds
+from invsync_pipeline.messaging.topology import apply_topology
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource
 
@@ -61,7 +62,15 @@ def ledger_tap_sensor(context: dg.SensorEvaluationContext, invsync: InvsyncResou
     a stage_and_ledger run for every closed hour that received events. Never writes DuckDB."""
     settings = invsync.settings()
     try:
-        result = drain_ledger_tap(settings)
+        connection = connect(settings)
+        try:
+            # Declared on every tick, as pika's examples do after connecting: a broker that lost
+            # its definitions (or a new machine) gets them back, and declaring is idempotent.
+            apply_topology(settings, connection)
+            result = drain_ledger_tap(settings, connection=connection)
+        finally:
+            if connection.is_open:
+                connection.close()
         context.log.info(result.summary())
     except BrokerUnavailable as exc:
         # Segments already on disk still get their runs; the broker is retried next tick.
