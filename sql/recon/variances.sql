@@ -126,7 +126,8 @@ SELECT
     abs(cross_difference) AS abs_difference,
     round(100 * abs(cross_difference) / nullif(greatest(abs(erp_end), abs(mes_end)), 0), 4) AS pct_difference,
     unit_cost,
-    round(abs(cross_difference) * unit_cost, 2) AS value_difference,
+    -- The unit cost is per base unit; a row in another unit (a unit mismatch) has no value.
+    CASE WHEN unit = base_unit THEN round(abs(cross_difference) * unit_cost, 2) END AS value_difference,
     ledger_transactions,
     (abs(erp_three_way) > 0.000001 OR abs(mes_three_way) > 0.000001 OR abs(cross_difference) > 0.000001)
         AS is_variance
