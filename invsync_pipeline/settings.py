@@ -116,6 +116,9 @@ class SyncSettings(_Strict):
     # an empty list applies them at once.
     noncritical_windows: tuple[str, ...] = ()
     noncritical_batch_size: int = Field(default=500, gt=0)
+    # AMQP heartbeat; MES calls run off the connection's thread, so even calls longer than
+    # this never make the broker drop the worker.
+    heartbeat_seconds: int = Field(default=30, ge=1, le=600)
 
 
 class Settings(_Strict):

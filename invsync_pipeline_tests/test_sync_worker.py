@@ -275,3 +275,24 @@ def test_sigterm_finishes_in_flight_work_acks_and_exits(settings, topology, conn
     raw_queue = next(q for q in topology.work_queues if q.endswith(".raw"))
     # Everything applied was acked, everything else is back in the queue: nothing in between.
     assert applied + queue_depth(connection, raw_queue) == 60
+
+
+@pytest.mark.slow
+def test_heartbeats_survive_mes_calls_longer_than_the_heartbeat(settings, topology, connection, client):
+    # Heartbeat 1 s (the broker drops a connection after ~2 missed beats); each MES call takes 3 s.
+    fast_beat = settings.model_copy(update={"sync": settings.sync.model_copy(update={"heartbeat_seconds": 1})})
+    client.set_faults(latency_ms=3000)
+    publish_events(connection, topology.exchange, [event(quantity="1") for _ in range(3)])
+    worker = SyncWorker(fast_beat, client)
+    reconnects = []
+    original = worker._connect
+    worker._connect = lambda: (reconnects.append(1), original())[1]
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+
+    _wait(lambda: worker.stats.applied == 3, timeout=30, what="3 slow applies")
+    worker.stop()
+    thread.join(15)
+
+    assert len(reconnects) == 1  # connected once, never dropped
+    assert len(_applied_ids(client)) == 3

@@ -152,7 +152,7 @@ class SyncWorker:
         return self.stats
 
     def _connect(self) -> None:
-        self._conn = connect(self.settings, heartbeat=30)
+        self._conn = connect(self.settings, heartbeat=self.settings.sync.heartbeat_seconds)
         # Declaring again after every reconnect, as pika's examples do: a broker restarted
         # without its definitions gets them back.
         self._topology = apply_topology(self.settings, self._conn)
