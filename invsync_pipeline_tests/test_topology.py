@@ -42,23 +42,9 @@ from invsync_pipeline.settings import (
     Settings,
     load_settings,
 )
+from invsync_pipeline_tests.factories import event as make_event
 
 pytestmark = pytest.mark.broker
-
-EVENT = {
-    "schema_version": "1",
-    "transaction_id": "ERP-4900001234-0001",
-    "timestamp": "2026-11-24T10:15:00Z",
-    "source_system": "ERP",
-    "material_number": "RM-100234",
-    "material_type": "raw",
-    "quantity": "25.5",
-    "unit": "KG",
-    "location": "WH01/RM01",
-    "transaction_type": "receipt",
-    "reason": "purchase_receipt",
-    "erp_reference": "4900001234",
-}
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -177,7 +163,7 @@ def test_a_warehouse_without_a_plant_reaches_only_the_ledger_tap(connection, top
 
 def test_a_message_that_always_fails_walks_retry_1_2_3_back_to_its_queue_then_parks(settings, connection, topology):
     channel = confirming_channel(connection)
-    event = parse_event(json.dumps(EVENT))
+    event = parse_event(json.dumps(make_event()))
     work_queue = settings.name("plant.wh01.raw")
     publish(channel, topology, event.routing_key, event.transaction_id, event.to_body())
 
