@@ -193,7 +193,9 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
             "SELECT material_number, target_system, quantity, status, rule, correction_id FROM recon.corrections "
             "ORDER BY material_number"
         ).fetchall()
-        alerts = conn.execute("SELECT severity, kind, subject FROM recon.alerts").fetchall()
+        from invsync_pipeline.recon.alerts import alerts as stored_alerts
+
+        alerts = [(a["severity"], a["kind"], a["subject"]) for a in stored_alerts(settings)]
         audit = conn.execute("SELECT count(*) FROM recon.correction_audit_log").fetchone()[0]
     assert [c[:5] for c in corrections] == [
         ("BIG", "MES", Decimal("600"), "held_for_review", "erp_wins_receipts_and_shipments"),

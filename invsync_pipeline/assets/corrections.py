@@ -57,7 +57,7 @@ def auto_corrections(
             conn.execute("BEGIN TRANSACTION")
             record(conn, correction, effective)
             if correction.status == "held_for_review":
-                alert_held(conn, correction)
+                alert_held(settings, correction)
                 held += 1
             conn.execute("COMMIT")
         summary = conn.execute(

@@ -1,4 +1,4 @@
-"""Alerts: one table for all of them, and one webhook (Slack / Teams compatible) from the environment."""
+"""Alerts: one store for all of them (ops.sqlite) and one webhook (Slack / Teams compatible)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,40 @@ import logging
 import os
 from datetime import UTC, datetime
 
-import duckdb
 import requests
+
+from invsync_pipeline.ops.store import ops_db
+from invsync_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 WEBHOOK_ENV = "INVSYNC_ALERT_WEBHOOK_URL"
 
 
-def raise_alert(
-    conn: duckdb.DuckDBPyConnection, alert_id: str, severity: str, kind: str, subject: str, message: str
-) -> bool:
+def raise_alert(settings: Settings, alert_id: str, severity: str, kind: str, subject: str, message: str) -> bool:
     """Record the alert and send it to the webhook; an alert_id seen before is not raised again
     (one incident, one alert). Returns True when it was new."""
-    if conn.execute("SELECT 1 FROM recon.alerts WHERE alert_id = ?", [alert_id]).fetchone():
-        return False
-    delivery = _send(severity, subject, message)
-    conn.execute(
-        "INSERT INTO recon.alerts VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [alert_id, datetime.now(UTC), severity, kind, subject, message, delivery],
-    )
-    return True
+    db = ops_db(settings)
+    try:
+        if db.execute("SELECT 1 FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone():
+            return False
+        delivery = _send(severity, subject, message)
+        db.execute(
+            "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (alert_id, datetime.now(UTC).isoformat(), severity, kind, subject, message, delivery),
+        )
+        return True
+    finally:
+        db.close()
+
+
+def alerts(settings: Settings) -> list[dict]:
+    db = ops_db(settings)
+    try:
+        cur = db.execute("SELECT * FROM alerts ORDER BY created_at")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        db.close()
 
 
 def _send(severity: str, subject: str, message: str) -> str:

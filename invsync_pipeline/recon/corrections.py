@@ -181,13 +181,13 @@ def audit(conn: duckdb.DuckDBPyConnection, cid: str, action: str, actor: str, no
     )
 
 
-def alert_held(conn: duckdb.DuckDBPyConnection, c: Correction) -> None:
+def alert_held(settings: Settings, c: Correction) -> None:
     subject = (f"{c.material_number} at {c.location}: {c.target_system} off by {c.quantity} {c.unit} "
                f"({c.cause}) needs review")  # fmt: skip
     explained = ", ".join(c.explained_by) or "nothing"
     message = (f"hour {c.partition_hour:%Y-%m-%d %H:00} UTC; {c.note}; explained by {explained}. "
                f"Review with `invsync review show {c.correction_id}`.")  # fmt: skip
-    raise_alert(conn, f"review:{c.correction_id}", "critical" if c.critical else "warning", "correction_review",
+    raise_alert(settings, f"review:{c.correction_id}", "critical" if c.critical else "warning", "correction_review",
                 subject, message)  # fmt: skip
 
 

@@ -50,13 +50,4 @@ CREATE TABLE IF NOT EXISTS recon.correction_audit_log (
     note             VARCHAR
 );
 
--- Every alert raised, delivered to the webhook or not (INVSYNC_ALERT_WEBHOOK_URL).
-CREATE TABLE IF NOT EXISTS recon.alerts (
-    alert_id       VARCHAR     NOT NULL,  -- one incident, one alert: the key de-duplicates
-    created_at     TIMESTAMPTZ NOT NULL,
-    severity       VARCHAR     NOT NULL,  -- critical | warning | info
-    kind           VARCHAR     NOT NULL,
-    subject        VARCHAR     NOT NULL,
-    message        VARCHAR     NOT NULL,
-    delivery       VARCHAR     NOT NULL   -- sent | failed: <why> | not configured
-);
+-- Alerts live in <INVSYNC_HOME>/ops.sqlite (table alerts), written by sensors and runs alike.

@@ -1,0 +1,51 @@
+"""The operations store: alerts, open incidents and queue samples in SQLite (``ops.sqlite``).
+
+SQLite and not DuckDB on purpose: sensors, the CLI and asset runs all write here, from several
+processes at once, while DuckDB takes one writer and sensors must never open it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from invsync_pipeline.settings import Settings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id   TEXT PRIMARY KEY,  -- one incident, one alert
+    created_at TEXT NOT NULL,
+    severity   TEXT NOT NULL,     -- critical | warning | info
+    kind       TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    delivery   TEXT NOT NULL      -- sent | failed: <why> | not configured
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_key TEXT NOT NULL,   -- e.g. queue:plant.wh01.raw:no_consumer
+    opened_at    TEXT NOT NULL,
+    closed_at    TEXT,
+    alert_id     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (incident_key, closed_at);
+CREATE TABLE IF NOT EXISTS queue_samples (
+    sampled_at TEXT NOT NULL,
+    queue      TEXT NOT NULL,
+    role       TEXT NOT NULL,     -- work | tap | retry | parking
+    ready      INTEGER NOT NULL,
+    unacked    INTEGER,           -- only from the management API
+    consumers  INTEGER NOT NULL,
+    source     TEXT NOT NULL      -- management_api | passive_declare
+);
+CREATE INDEX IF NOT EXISTS queue_samples_queue ON queue_samples (queue, sampled_at);
+"""
+
+
+def ops_db(settings: Settings) -> sqlite3.Connection:
+    """A connection to ``<home>/ops.sqlite`` with the tables in place (WAL, several writers)."""
+    path: Path = settings.home / "ops.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_SCHEMA)
+    return db
