@@ -451,6 +451,41 @@ def erp_post(ctx: click.Context, file) -> None:
     sys.exit(1 if bad else 0)
 
 
+# --- operations -----------------------------------------------------------------------------------
+@main.command("queues")
+@click.option("--record/--no-record", default=False, help="Also keep the sample and raise alerts, as the sensor does.")
+@click.pass_context
+def queues(ctx: click.Context, record: bool) -> None:
+    """Depth of every queue of the topology, and what is wrong with them."""
+    from invsync_pipeline.ops.queue_health import check_queues, evaluate, sample
+
+    settings = _settings(ctx)
+    if record:
+        samples, findings, raised = check_queues(settings)
+    else:
+        samples = sample(settings)
+        findings, raised = evaluate(settings, samples), []
+    click.echo(f"{'queue':<40} {'role':<8} {'ready':>8} {'unacked':>8} {'consumers':>9}")
+    for s in samples:
+        unacked = "-" if s.unacked is None else str(s.unacked)
+        click.echo(f"{s.queue:<40} {s.role:<8} {s.ready:>8} {unacked:>8} {s.consumers:>9}")
+    for f in findings:
+        click.echo(f"{f.severity.upper()} {f.rule}: {f.message}")
+    if raised:
+        click.echo(f"{len(raised)} new alert(s) raised")
+
+
+@main.command("alerts")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_context
+def alerts_list(ctx: click.Context, limit: int) -> None:
+    """The latest alerts and whether the webhook got them."""
+    from invsync_pipeline.recon.alerts import alerts
+
+    for a in alerts(_settings(ctx))[-limit:]:
+        click.echo(f"{a['created_at'][:19]}  {a['severity']:<8} {a['kind']:<20} {a['subject']}  [{a['delivery']}]")
+
+
 # --- dead letters ----------------------------------------------------------------------------------
 def _dlq_filters(tx: tuple[str, ...], reason: str | None, material: str | None, since, until):
     from invsync_pipeline.messaging.dlq import Filters

@@ -5,15 +5,18 @@ import dagster as dg
 from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
 from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.metrics import flow_metrics
 from invsync_pipeline.assets.reports import variance_report
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
 from invsync_pipeline.checks.asset_checks import ASSET_CHECKS
+from invsync_pipeline.checks.freshness import OPERATIONS_CHECKS
 from invsync_pipeline.jobs import hourly_reconciliation_job, stage_and_ledger_job
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.schedules import hourly_reconciliation_schedule
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
+from invsync_pipeline.sensors.queue_health import queue_health_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -27,10 +30,11 @@ defs = dg.Definitions(
         correction_audit_log,
         variance_report,
         analyst_exports,
+        flow_metrics,
     ],
-    asset_checks=ASSET_CHECKS,
+    asset_checks=[*ASSET_CHECKS, *OPERATIONS_CHECKS],
     jobs=[stage_and_ledger_job, hourly_reconciliation_job],
-    sensors=[ledger_tap_sensor],
+    sensors=[ledger_tap_sensor, queue_health_sensor],
     schedules=[hourly_reconciliation_schedule],
     resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
     # Steps of one run go one after the other in one process: DuckDB takes one writer, and the

@@ -13,6 +13,6 @@ stage_and_ledger_job = dg.define_asset_job(
 
 hourly_reconciliation_job = dg.define_asset_job(
     name="hourly_reconciliation",
-    selection=dg.AssetSelection.groups("staging", "ledger", "reconciliation"),
+    selection=dg.AssetSelection.groups("staging", "ledger", "reconciliation", "operations"),
     description="The whole hourly graph: staging, ledger, snapshots, variances, investigation, corrections, report.",
 )

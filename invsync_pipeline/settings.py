@@ -121,6 +121,18 @@ class SyncSettings(_Strict):
     heartbeat_seconds: int = Field(default=30, ge=1, le=600)
 
 
+class MonitoringSettings(_Strict):
+    """Queue-health thresholds (invsync_pipeline/ops/queue_health.py)."""
+
+    management_port: int = 15672  # the management HTTP API, used where it is enabled
+    # Ready messages a queue of each role may hold before it is an incident (parking: none).
+    max_ready: dict[Literal["work", "tap", "retry", "parking"], int] = {
+        "work": 10_000, "tap": 100_000, "retry": 5_000, "parking": 0,
+    }  # fmt: skip
+    growth_samples: int = Field(default=5, ge=2)  # grew in each of this many samples in a row
+    min_growth_depth: int = Field(default=100, ge=1)  # ... and holds at least this many
+
+
 class Settings(_Strict):
     topology: TopologySettings = TopologySettings()
     staging: StagingSettings = StagingSettings()
@@ -128,6 +140,7 @@ class Settings(_Strict):
     mes: MesSettings = MesSettings()
     erp: ErpSettings = ErpSettings()
     sync: SyncSettings = SyncSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     mes_token: str | None = None
     amqp_url: str = DEFAULT_AMQP_URL
     home: Path = PROJECT_ROOT / "data" / "runtime"

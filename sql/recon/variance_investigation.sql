@@ -8,12 +8,14 @@ WITH variances AS (
     SELECT * FROM recon.variances WHERE partition_hour = $partition_hour AND is_variance
 ),
 
-events AS (
+-- NOT MATERIALIZED here and below: each is read twice, and scanning the tables again is faster
+-- than copying millions of rows into memory.
+events AS NOT MATERIALIZED (
     SELECT * FROM staging.inventory_events WHERE partition_hour = $partition_hour
 ),
 
 -- Each ledger event's change of stock per location (cycle counts carry no movement here).
-ledger_fx AS (
+all_ledger_fx AS NOT MATERIALIZED (
     SELECT transaction_id, material_number, location, unit, target_system, source_system, reason, received_at,
            CASE WHEN transaction_type IN ('issue', 'transfer') THEN -quantity ELSE quantity END AS qty
     FROM events WHERE transaction_type <> 'cycle_count'
@@ -23,15 +25,32 @@ ledger_fx AS (
     FROM events WHERE transaction_type = 'transfer'
 ),
 
-erp_fx AS (
+all_erp_fx AS NOT MATERIALIZED (
     SELECT transaction_id, material_number, location, unit, reason, quantity_effect AS qty
     FROM snapshots.erp_movements WHERE partition_hour = $partition_hour
 ),
 
-mes_fx AS (
+all_mes_fx AS NOT MATERIALIZED (
     SELECT transaction_id, material_number, location, unit, quantity_effect AS qty
     FROM snapshots.mes_applied WHERE partition_hour = $partition_hour AND status = 'applied'
 ),
+
+-- Only a transaction with a row at a variance's material x location x unit can explain it, and
+-- everything below compares transactions by transaction_id: keeping just those transactions
+-- finds the same, without joining the hour's millions of transactions that explain nothing.
+explaining AS (
+    SELECT transaction_id FROM all_ledger_fx SEMI JOIN variances USING (material_number, location, unit)
+    UNION
+    SELECT transaction_id FROM all_erp_fx SEMI JOIN variances USING (material_number, location, unit)
+    UNION
+    SELECT transaction_id FROM all_mes_fx SEMI JOIN variances USING (material_number, location, unit)
+),
+
+ledger_fx AS (SELECT * FROM all_ledger_fx SEMI JOIN explaining USING (transaction_id)),
+
+erp_fx AS (SELECT * FROM all_erp_fx SEMI JOIN explaining USING (transaction_id)),
+
+mes_fx AS (SELECT * FROM all_mes_fx SEMI JOIN explaining USING (transaction_id)),
 
 backlog AS (
     SELECT transaction_id, any_value(kind) AS kind, any_value(place) AS place, any_value(reason) AS reason

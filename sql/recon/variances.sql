@@ -1,7 +1,9 @@
 -- Builds recon.variances for one hour ($partition_hour): per material x location x unit, the
 -- three-way check of each system (beginning balance + ledger transactions - ending balance)
 -- and the difference between the systems' ending balances.
-WITH events AS (
+-- NOT MATERIALIZED (events, effects, per_system): each is read twice, and computing it again from
+-- the table scan is faster than copying millions of rows into memory.
+WITH events AS NOT MATERIALIZED (
     SELECT *
     FROM staging.inventory_events
     WHERE partition_hour = $partition_hour
@@ -9,7 +11,7 @@ WITH events AS (
 
 -- Every change of stock at one location. A transfer leaves `location` and arrives at
 -- `to_location`; a cycle count is not a change but the counted balance (is_count).
-effects AS (
+effects AS NOT MATERIALIZED (
     SELECT
         transaction_id, event_time, material_number, location, unit, target_system,
         transaction_type = 'cycle_count' AS is_count,
@@ -25,7 +27,7 @@ effects AS (
 
 -- Which system's books a movement belongs in: ERP and MES movements belong in both (each
 -- system syncs the other's), a RECON correction only in its target system.
-per_system AS (
+per_system AS NOT MATERIALIZED (
     SELECT 'ERP' AS system, * FROM effects WHERE coalesce(target_system, 'ERP') = 'ERP'
     UNION ALL
     SELECT 'MES' AS system, * FROM effects WHERE coalesce(target_system, 'MES') = 'MES'

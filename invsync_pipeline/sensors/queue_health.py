@@ -1,0 +1,31 @@
+"""queue_health_sensor: sample every queue each minute and raise one alert per incident."""
+
+import dagster as dg
+
+from invsync_pipeline.messaging.connection import BrokerUnavailable
+from invsync_pipeline.resources import InvsyncResource
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def queue_health_sensor(context: dg.SensorEvaluationContext, invsync: InvsyncResource) -> dg.SkipReason:
+    """Samples every queue of the topology (management API where enabled, passive declares
+    otherwise), keeps the samples in ops.sqlite, and raises one alert per incident: a queue too
+    deep, a plant queue or the ledger tap with nobody consuming it, or one growing sample after
+    sample. Requests no runs and never opens DuckDB."""
+    from invsync_pipeline.ops.queue_health import check_queues
+    from invsync_pipeline.recon.alerts import raise_alert
+
+    settings = invsync.settings()
+    try:
+        samples, findings, raised = check_queues(settings)
+    except BrokerUnavailable as exc:
+        raise_alert(settings, "broker:unreachable", "critical", "broker_unreachable", "RabbitMQ is unreachable",
+                    str(exc))  # fmt: skip
+        return dg.SkipReason(f"broker unreachable: {exc}")
+    deepest = sorted(samples, key=lambda s: -s.ready)[:3]
+    summary = ", ".join(f"{s.queue}={s.ready}" for s in deepest)
+    for finding in findings:
+        context.log.warning(f"{finding.rule}: {finding.message}")
+    return dg.SkipReason(
+        f"{len(samples)} queues sampled ({summary}); {len(findings)} findings, {len(raised)} new alerts"
+    )

@@ -1,0 +1,59 @@
+"""Queue health on the real broker: a stalled worker raises one alert, and it clears."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+import pytest
+
+from invsync_pipeline.ops.queue_health import check_queues
+from invsync_pipeline.recon.alerts import alerts
+from invsync_pipeline_tests.factories import event, publish_events
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("INVSYNC_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hook")
+    yield received
+    server.shutdown()
+
+
+def test_a_stalled_worker_fires_one_queue_alert_per_incident(settings, topology, connection, webhook):
+    publish_events(connection, topology.exchange, [event() for _ in range(20)])  # no worker runs
+
+    _, findings, raised = check_queues(settings)
+    _, _, raised_again = check_queues(settings)  # still stalled: the same incident, no new alert
+
+    raw_queue = settings.name("plant.wh01.raw")
+    assert any(f.rule == "no_consumer" and f.queue == raw_queue for f in findings)
+    assert len(raised) >= 1 and raised_again == []
+    assert any("nothing consumes them" in hook["text"] for hook in webhook)
+    stored = [a for a in alerts(settings) if a["kind"] == "queue_no_consumer"]
+    # One per stalled queue: the plant queue (no worker) and the ledger tap (no sensor).
+    assert sorted(a["subject"].split(" in ")[1].split(" ")[0] for a in stored) == sorted(
+        [raw_queue, topology.ledger_tap]
+    )
+    assert all(a["delivery"] == "sent" for a in stored)
+
+    channel = connection.channel()
+    channel.queue_purge(raw_queue)  # the worker caught up
+    channel.queue_purge(topology.ledger_tap)
+    _, findings, raised = check_queues(settings)
+    assert findings == [] and raised == []
