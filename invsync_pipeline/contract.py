@@ -112,6 +112,16 @@ class InventoryEvent(BaseModel):
     def is_critical(self) -> bool:
         return self.transaction_type in ("receipt", "issue", "transfer")
 
+    def stock_effects(self) -> list[tuple[str, Decimal]]:
+        """(location, signed change of stock) of this movement; a transfer leaves `location` and
+        arrives at `to_location`. A cycle count sets a balance and moves nothing: []."""
+        kind, q = self.transaction_type, self.quantity
+        if kind == "cycle_count":
+            return []
+        if kind == "transfer":
+            return [(self.location, -q), (self.to_location, q)]  # type: ignore[list-item]
+        return [(self.location, -q if kind == "issue" else q)]
+
     def to_message(self) -> dict[str, Any]:
         """The JSON object to publish: timestamps in UTC, the quantity as an exact string."""
         out: dict[str, Any] = {

@@ -21,22 +21,11 @@ class SnapshotConfig(dg.Config):
     refresh: bool = False  # read the system again even if this hour was stored before
 
 
-def _effects(event) -> list[tuple[str, Decimal]]:
-    """(location, signed stock change) of a contract event; cycle counts are not movements here."""
-    kind, q = event.transaction_type, event.quantity
-    if kind == "receipt":
-        return [(event.location, q)]
-    if kind == "issue":
-        return [(event.location, -q)]
-    if kind == "transfer":
-        return [(event.location, -q), (event.to_location, q)]
-    if kind == "adjustment":
-        return [(event.location, q)]
-    return []
-
-
-def _stored(conn, table: str, hour_start: datetime) -> int:
-    return conn.execute(f"SELECT count(*) FROM {table} WHERE partition_hour = ?", [hour_start]).fetchone()[0]
+def _reuse_stored(warehouse: WarehouseResource, table: str, hour_start: datetime) -> dg.MaterializeResult | None:
+    """The result for an hour stored before (a backfill reads what was true then), or None."""
+    with warehouse.connect() as conn:
+        rows = conn.execute(f"SELECT count(*) FROM {table} WHERE partition_hour = ?", [hour_start]).fetchone()[0]
+    return dg.MaterializeResult(metadata={"dagster/row_count": rows, "reused_stored_snapshot": True}) if rows else None
 
 
 def _replace(conn, table: str, hour_start: datetime, frame: pd.DataFrame) -> None:
@@ -67,10 +56,8 @@ def erp_inventory_snapshot(
     from invsync_pipeline.sources.erp import ErpDatabase
 
     start, end = hour_bounds(context.partition_key)
-    with warehouse.connect() as conn:
-        if not config.refresh and _stored(conn, "snapshots.erp_inventory", start):
-            rows = _stored(conn, "snapshots.erp_inventory", start)
-            return dg.MaterializeResult(metadata={"dagster/row_count": rows, "reused_stored_snapshot": True})
+    if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.erp_inventory", start)):
+        return reused
     erp = ErpDatabase.from_settings(invsync.settings())
     try:
         taken_at = datetime.now(UTC)
@@ -115,7 +102,7 @@ def erp_inventory_snapshot(
                 float(q),
             )  # fmt: skip
             for e in movements
-            for loc, q in _effects(e)
+            for loc, q in e.stock_effects()
         ],
         columns=[
             "partition_hour",
@@ -180,10 +167,8 @@ def mes_inventory_snapshot(
     from invsync_pipeline.sources.mes import MesClient
 
     start, end = hour_bounds(context.partition_key)
-    with warehouse.connect() as conn:
-        if not config.refresh and _stored(conn, "snapshots.mes_inventory", start):
-            rows = _stored(conn, "snapshots.mes_inventory", start)
-            return dg.MaterializeResult(metadata={"dagster/row_count": rows, "reused_stored_snapshot": True})
+    if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.mes_inventory", start)):
+        return reused
     taken_at = datetime.now(UTC)
     with MesClient.from_settings(invsync.settings()) as mes:
         begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}

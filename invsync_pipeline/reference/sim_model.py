@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -92,16 +92,3 @@ class Simulation:
     def faults_by_type(self) -> dict[str, int]:
         found = {(f.fault_type, f.fault_id) for f in self.faults}
         return {t: n for t in FAULT_TYPES if (n := sum(1 for ft, _ in found if ft == t))}
-
-
-def partition_key(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%d-%H:00")
-
-
-def effects(event: InventoryEvent) -> list[tuple[str, Decimal]]:
-    """(location, signed stock change) of a movement; a cycle count sets a balance and has none here."""
-    kind, q = event.transaction_type, event.quantity
-    if kind == "transfer":
-        assert event.to_location is not None
-        return [(event.location, -q), (event.to_location, q)]
-    return [(event.location, -q if kind == "issue" else q)]

@@ -17,6 +17,7 @@ from decimal import Decimal
 from itertools import count
 
 from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.messaging.staged_log import partition_key_of
 from invsync_pipeline.reference.faults import FAULT_KINDS, FAULT_TYPES, FaultProfile, resolve_profile
 from invsync_pipeline.reference.plant import ACTIVITY, SMALLER_UNIT, WAREHOUSES, Material, Plant, build_plant
 from invsync_pipeline.reference.sim_model import (
@@ -26,8 +27,6 @@ from invsync_pipeline.reference.sim_model import (
     Key,
     PlannedEvent,
     Simulation,
-    effects,
-    partition_key,
 )
 
 
@@ -81,7 +80,7 @@ class _Planner:
         index = len(self.events)
         self.events.append(planned)
         self.actions.extend(Action(kind, index) for kind in kinds)
-        for location, delta in effects(planned.event) if planned.event.transaction_type != "cycle_count" else ():
+        for location, delta in planned.event.stock_effects():
             key = (planned.event.material_number, location)
             if erp:
                 self.erp[key] += delta
@@ -274,13 +273,13 @@ class _Planner:
     def record(self, slot: _FaultSlot, events: list[InventoryEvent], *, erp: bool, mes: bool,
                lacking: str | None = None) -> None:  # fmt: skip
         kind = FAULT_KINDS[slot.fault_type]
-        effect = sum((delta for e in events for _, delta in effects(e)), Decimal(0))
+        effect = sum((delta for e in events for _, delta in e.stock_effects()), Decimal(0))
         first = events[0]
         moves = "; ".join(f"{e.transaction_type} {e.quantity} {e.unit} ({e.movement_type})" for e in events)
         self.faults.append(FaultEffect(
             slot.fault_id, slot.fault_type, tuple(e.transaction_id for e in events), first.material_number,
             first.material_type, first.location, first.unit, effect if erp else Decimal(0),
-            effect if mes else Decimal(0), partition_key(first.timestamp), kind.expected_cause,
+            effect if mes else Decimal(0), partition_key_of(first.timestamp), kind.expected_cause,
             (kind.expected_cause, *kind.acceptable_causes), lacking or kind.lacking_system,
             f"{kind.description}: {moves}",
         ))  # fmt: skip
