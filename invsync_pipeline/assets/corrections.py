@@ -5,8 +5,9 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
+from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.assets.variances import _md_table, variance_investigation
+from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
@@ -70,7 +71,7 @@ def auto_corrections(
             "new_corrections": len(decisions),
             "applied": applied,
             "held_for_review": held,
-            "hour_summary": dg.MetadataValue.md(_md_table(summary)),
+            "hour_summary": dg.MetadataValue.md(md_table(summary)),
         }
     )
 
@@ -109,7 +110,7 @@ def correction_audit_log(
         metadata={
             "hour_entries": len(trail),
             "log_entries_total": total,
-            "trail": dg.MetadataValue.md(_md_table(shown if len(trail) else pd.DataFrame())),
+            "trail": dg.MetadataValue.md(md_table(shown if len(trail) else pd.DataFrame())),
             "csv": dg.MetadataValue.path(str(path)),
         }
     )

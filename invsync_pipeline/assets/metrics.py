@@ -10,8 +10,8 @@ import dagster as dg
 import pandas as pd
 import pika
 
+from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.assets.variances import _md_table
 from invsync_pipeline.messaging import dlq
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
@@ -154,7 +154,7 @@ def flow_metrics(
         "retries": retries,
         "dead_letters": dead_letters,
         "by_source": dg.MetadataValue.md(f"| ERP | MES | RECON |\n|---|---|---|\n| {erp} | {mes} | {recon} |"),
-        "dead_letters_by_reason": dg.MetadataValue.md(_md_table(by_reason)),
+        "dead_letters_by_reason": dg.MetadataValue.md(md_table(by_reason)),
     }
     if notes:
         metadata["note"] = "; ".join(notes)

@@ -13,8 +13,9 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.assets.variances import _md_table, variance_investigation
+from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
@@ -96,7 +97,7 @@ def variance_report(
             "accuracy_pct": round(figures.accuracy_pct, 3),
             "value_at_stake": float(figures.value_at_stake),
             "held_for_review": sum(1 for i in figures.items if i["correction_status"] == "held_for_review"),
-            "variances_by_plant_and_cause": dg.MetadataValue.md(_md_table(pivot, limit=50)),
+            "variances_by_plant_and_cause": dg.MetadataValue.md(md_table(pivot, limit=50)),
             "report_html": dg.MetadataValue.path(str(html_path)),
             "report_csv": dg.MetadataValue.path(str(csv_path)),
         }

@@ -6,23 +6,13 @@ import dagster as dg
 import pandas as pd
 
 from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.messaging.staged_log import hour_bounds, partition_key_of
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import sql
-
-
-def _md_table(frame: pd.DataFrame, limit: int = 15) -> str:
-    if frame.empty:
-        return "_none_"
-    head = frame.head(limit)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in head.itertuples(index=False)]
-    if len(frame) > limit:
-        lines.append(f"\n… and {len(frame) - limit} more")
-    return "\n".join(lines)
 
 
 @dg.asset(
@@ -67,7 +57,7 @@ def inventory_variances(context: dg.AssetExecutionContext, warehouse: WarehouseR
             "variances": variances,
             "accuracy_pct": round(accuracy, 3),
             "value_difference": float(value),
-            "largest_variances": dg.MetadataValue.md(_md_table(top)),
+            "largest_variances": dg.MetadataValue.md(md_table(top)),
         }
     )
 
@@ -210,7 +200,7 @@ def variance_investigation(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": int(by_cause["rows"].sum()) if len(by_cause) else 0,
-            "causes": dg.MetadataValue.md(_md_table(by_cause)),
+            "causes": dg.MetadataValue.md(md_table(by_cause)),
             "unexplained": int(by_cause.loc[by_cause["cause"] == "unexplained", "rows"].sum()) if len(by_cause) else 0,
             "backlog_messages": backlog_rows,
             "inputs_observed_at": str(observed_at),
