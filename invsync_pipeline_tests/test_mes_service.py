@@ -350,7 +350,11 @@ def test_openapi_describes_every_route(mes):
     assert doc["openapi"].startswith("3.1")
     served = {(route.path, method.lower()) for route in mes.app.routes for method in route.methods - {"HEAD"}}
     described = {(path, method) for path, ops in doc["paths"].items() for method in ops}
-    assert served == described
+    # Namespaced twins (/ns/{namespace}/api/...) are described once, through the second server entry.
+    namespaced = {(p.removeprefix("/ns/{namespace}"), m) for p, m in served if p.startswith("/ns/{namespace}/")}
+    assert namespaced and namespaced <= described
+    assert {"url": "/ns/{namespace}", "variables": {"namespace": {"default": "shadow"}}} in doc["servers"]
+    assert served - {(f"/ns/{{namespace}}{p}", m) for p, m in namespaced} == described
     for schema in doc["components"]["schemas"].values():
         assert "$schema" not in schema
 
@@ -377,3 +381,16 @@ def test_cli_shows_stock_and_sets_faults(mes, client, monkeypatch, tmp_path):
     monkeypatch.delenv("INVSYNC_MES_TOKEN")
     refused = runner.invoke(main, ["mes", "serve", "--port", "0"])
     assert refused.exit_code != 0 and "INVSYNC_MES_TOKEN is not set" in refused.output
+
+
+def test_a_namespace_is_a_separate_dataset_with_the_same_api(mes, client):
+    shadow = MesClient(f"{mes.url}/ns/shadow", TOKEN)
+    event = receipt("7", transaction_id="NS-1", material_number="MAT-NS")
+    assert shadow.post_transaction(event).status == "applied"
+    assert client.find_transaction("NS-1") is None  # the live dataset never saw it
+    assert [r.quantity for r in shadow.stock(material_number=event.material_number)] == [Decimal("7")]
+    assert shadow.post_transaction(event).status == "duplicate"
+    bad = MesClient(f"{mes.url}/ns/Not_OK", TOKEN)
+    with pytest.raises(MesRejected) as exc:
+        list(bad.stock())
+    assert exc.value.field == "namespace"

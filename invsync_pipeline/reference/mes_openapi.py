@@ -334,9 +334,13 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "invsync reference MES",
             "version": "1.0.0",
-            "description": "A Smart Factory stand-in: inventory postings, stock, the applied log, backflush, faults.",
+            "description": (
+                "A Smart Factory stand-in: inventory postings, stock, the applied log, backflush, faults. "
+                "The /api/v1/inventory paths also exist under /ns/{namespace}/ as separate datasets, e.g. "
+                "/ns/shadow/ for the stock a cutover's event-driven path writes in shadow mode."
+            ),
         },
-        "servers": [{"url": "/"}],
+        "servers": [{"url": "/"}, {"url": "/ns/{namespace}", "variables": {"namespace": {"default": "shadow"}}}],
         "security": auth,
         "paths": paths,
         "components": {

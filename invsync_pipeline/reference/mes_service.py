@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 Publish = Callable[[InventoryEvent], None]
 
 MAX_PAGE_SIZE = 10_000
+_NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
 _BACKFLUSH_FIELDS = {"material_number", "material_type", "location", "quantity", "unit", "order"}
 _BACKFLUSH_OPTIONAL = {"transaction_id", "timestamp"}
 
@@ -80,6 +82,22 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
     if not token:
         raise ValueError("the MES needs a bearer token; set INVSYNC_MES_TOKEN")
     store = MesStore(db_path)
+    # Namespaces (/ns/{name}/api/v1/inventory/...) are separate MES datasets on the same server,
+    # e.g. the shadow stock the event-driven path writes during a cutover. Each has its own
+    # SQLite file next to the live one; "live" is the un-prefixed API.
+    stores = {"live": store}
+    stores_lock = threading.Lock()
+
+    def store_for(request: Request) -> MesStore:
+        name = request.path_params.get("namespace", "live")
+        if not _NAMESPACE.fullmatch(name):
+            raise BadRequest("namespace", name, "must be 1-32 lower-case letters, digits, '_' or '-'")
+        with stores_lock:
+            if name not in stores:
+                path = Path(db_path)
+                stores[name] = MesStore(path.with_name(f"{path.stem}.{name}{path.suffix}"))
+            return stores[name]
+
     faults = FaultInjector(seed)
     # Publishers such as a pika channel are not thread-safe; requests run in a threadpool.
     publish_lock = threading.Lock()
@@ -103,14 +121,14 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
             event = parse_event(await request.body())
         except ContractViolation as exc:
             return error_response(422, str(exc), exc.field, exc.value, exc.rule)
-        recorded = await run_in_threadpool(store.record, event)
+        recorded = await run_in_threadpool(store_for(request).record, event)
         return JSONResponse(_recorded_body(recorded), status_code=201 if recorded.status == "applied" else 200)
 
     async def get_stock(request: Request) -> Response:
         params = _query(request, {"location", "warehouse", "material_number", "as_of", "page_size", "page_token"})
         as_of = parse_instant("as_of", params["as_of"]) if "as_of" in params else None
         items, next_token = await run_in_threadpool(
-            store.stock,
+            store_for(request).stock,
             location=params.get("location"),
             warehouse=params.get("warehouse"),
             material_number=params.get("material_number"),
@@ -124,7 +142,7 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
     async def get_transactions(request: Request) -> Response:
         params = _query(request, {"since", "until", "transaction_id", "page_size", "page_token"})
         items, next_token = await run_in_threadpool(
-            store.transactions,
+            store_for(request).transactions,
             since=parse_instant("since", params["since"]) if "since" in params else None,
             until=parse_instant("until", params["until"]) if "until" in params else None,
             transaction_id=params.get("transaction_id"),
@@ -263,12 +281,17 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        store.close()
+        for each in stores.values():
+            each.close()
 
+    inventory = [
+        ("/api/v1/inventory/transactions", faulted(post_transaction), ["POST"]),
+        ("/api/v1/inventory/transactions", faulted(get_transactions), ["GET"]),
+        ("/api/v1/inventory/stock", faulted(get_stock), ["GET"]),
+    ]
     routes = [
-        Route("/api/v1/inventory/transactions", faulted(post_transaction), methods=["POST"]),
-        Route("/api/v1/inventory/transactions", faulted(get_transactions), methods=["GET"]),
-        Route("/api/v1/inventory/stock", faulted(get_stock), methods=["GET"]),
+        *(Route(path, endpoint, methods=methods) for path, endpoint, methods in inventory),
+        *(Route("/ns/{namespace}" + path, endpoint, methods=methods) for path, endpoint, methods in inventory),
         Route("/api/v1/production/backflush", backflush, methods=["POST"]),
         Route("/api/v1/production/unpublished", list_unpublished, methods=["GET"]),
         Route("/api/v1/production/unpublished/retry", retry_unpublished, methods=["POST"]),
