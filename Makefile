@@ -32,10 +32,11 @@ lint: install
 	$(BIN)/ruff check invsync_pipeline invsync_pipeline_tests bench
 	$(BIN)/ruff format --check invsync_pipeline invsync_pipeline_tests bench
 
+# The same runtime dir and broker namespace as the demo, so its sensors watch the demo's queues.
 dev: install
 	scripts/ensure-broker
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) scripts/dagster-home
-	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) INVSYNC_NAMESPACE=$${INVSYNC_NAMESPACE-demo.} $(BIN)/dagster dev -w workspace.yaml
 
 bench: install
 	scripts/ensure-broker

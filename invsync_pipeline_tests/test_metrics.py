@@ -12,6 +12,7 @@ import pytest
 from invsync_pipeline.assets.metrics import flow_metrics, percentile
 from invsync_pipeline.checks.freshness import OPERATIONS_CHECKS, parking_not_stale, staged_events_fresh
 from invsync_pipeline.messaging.retry import REASON_HEADER
+from invsync_pipeline.ops.queue_health import QueueSample, record
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord
 from invsync_pipeline.warehouse import open_warehouse
@@ -35,12 +36,15 @@ def _ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
-def _stage(warehouse: WarehouseResource, rows: list[tuple[str, str, datetime, datetime]]) -> None:
-    """(transaction_id, source_system, event_time, received_at) rows, staged in their event's hour."""
+def _stage(
+    warehouse: WarehouseResource, rows: list[tuple[str, str, datetime, datetime]], published: bool = True
+) -> None:
+    """(transaction_id, source_system, event_time, received_at) rows, staged in their event's hour;
+    published a second before they were received, or without a publish time."""
     values = [
         (t.replace(minute=0, second=0, microsecond=0), tid, t, source, "MES" if source == "RECON" else None,
-         "MAT-A", "raw", "receipt", "purchase_receipt", 10, "KG", "WH01/RM01", None, f"DOC-{tid}", "101", None,
-         received, "inventory.wh01.raw.receipt", "seg-1")
+         "MAT-A", "raw", "receipt", "purchase_receipt", 10, "KG", "WH01/RM01", None, f"DOC-{tid}", "101",
+         received - timedelta(seconds=1) if published else None, received, "inventory.wh01.raw.receipt", "seg-1")
         for tid, source, t, received in rows
     ]  # fmt: skip
     with warehouse.connect() as conn:
@@ -98,15 +102,20 @@ def test_flow_metrics_counts_rates_lag_retries_and_dead_letters_of_the_hour(sett
         ("s-5", "RECON", HOUR + 45 * m, HOUR + 46 * m),
         ("s-earlier", "ERP", HOUR - 30 * m, HOUR - 29 * m), ("s-later", "MES", HOUR + 65 * m, HOUR + 66 * m),
     ])  # fmt: skip
-    # Ten applied events with lags 100..1000 ms, two of them retried; one applied without a
-    # publish time (no lag); a duplicate retried; and rows acked just outside the hour.
+    # The hour's events in the sync log: ten applied with lags 100..1000 ms, two of them retried
+    # (a-2, a-6); one applied without a publish time (no lag); a duplicate that was retried.
+    # Acked when they were, even after the hour: each counts for its event's hour.
     lags = [100 * i for i in range(1, 11)]
     attempts = [1, 1, 2, 1, 1, 1, 3, 1, 1, 1]
-    _sync(settings, [(f"a-{i}", "applied", HOUR + (i + 1) * m, lag, n)
+    _stage(warehouse, [(tid, "ERP", HOUR + i * m, HOUR + i * m)
+                       for i, tid in enumerate([*(f"a-{i}" for i in range(10)), "a-nopub", "d-1"])])  # fmt: skip
+    _stage(warehouse, [("raw-1", "ERP", HOUR + 22 * m, HOUR + 22 * m)], published=False)  # around the outbox
+    _sync(settings, [(f"a-{i}", "applied", HOUR + (i + 1) * m + 30 * i * m, lag, n)
                      for i, (lag, n) in enumerate(zip(lags, attempts, strict=True))]
           + [("a-nopub", "applied", HOUR + 20 * m, None, 1), ("d-1", "duplicate", HOUR + 21 * m, 50_000, 2),
-             ("a-end", "applied", HOUR + timedelta(hours=1), 99_000, 4),
-             ("a-before", "applied", HOUR - timedelta(milliseconds=1), 99_000, 4)])  # fmt: skip
+             # Events of other hours, acked inside this one: not this hour's movements.
+             ("s-earlier", "applied", HOUR + 1 * m, 99_000, 4), ("s-later", "applied", HOUR + 59 * m, 99_000, 4),
+             ("unstaged", "applied", HOUR + 30 * m, 99_000, 4)])  # fmt: skip
     _park(connection, topology.parking, [
         (_body(HOUR + 15 * m, transaction_id="p-1"), "invalid: quantity"),
         (_body(HOUR + 40 * m, transaction_id="p-2"), "failed 3 retries in plant.wh01.raw"),
@@ -117,8 +126,9 @@ def test_flow_metrics_counts_rates_lag_retries_and_dead_letters_of_the_hour(sett
 
     meta = _metadata(_materialize(warehouse))
 
-    assert (meta["staged_events"], meta["applied_events"]) == (5, 11)
-    assert meta["staged_per_s"] == round(5 / 3600, 4) and meta["applied_per_s"] == round(11 / 3600, 4)
+    assert (meta["staged_events"], meta["published_events"], meta["applied_events"]) == (18, 17, 11)
+    assert meta["staged_per_s"] == round(18 / 3600, 4) and meta["applied_per_s"] == round(11 / 3600, 4)
+    assert meta["published_per_s"] == round(17 / 3600, 4)
     # Linear between ranks over 10 sorted lags: p50 at rank 4.5, p95 at 8.55, p99 at 8.91.
     assert (meta["lag_p50_ms"], meta["lag_p95_ms"], meta["lag_p99_ms"]) == pytest.approx((550.0, 955.0, 991.0))
     assert meta["lag_samples"] == 10
@@ -126,7 +136,7 @@ def test_flow_metrics_counts_rates_lag_retries_and_dead_letters_of_the_hour(sett
     assert meta["dead_letters"] == 3
     assert "| failed 3 retries in plant.wh01.raw | 2 |" in meta["dead_letters_by_reason"]
     assert "| invalid: quantity | 1 |" in meta["dead_letters_by_reason"]
-    assert "note" not in meta
+    assert meta["note"].startswith("no queue samples in this hour")
 
     _materialize(warehouse)  # a re-run replaces the hour's row
     with warehouse.connect(read_only=True) as conn:
@@ -136,7 +146,7 @@ def test_flow_metrics_counts_rates_lag_retries_and_dead_letters_of_the_hour(sett
         ).fetchall()
     assert len(rows) == 1
     *counts, by_reason, parking_read = rows[0]
-    assert counts == [5, 3, 1, 1, 11, pytest.approx(991.0), 3, 3]
+    assert counts == [18, 16, 1, 1, 11, pytest.approx(991.0), 3, 3]
     assert json.loads(by_reason) == {"failed 3 retries in plant.wh01.raw": 2, "invalid: quantity": 1}
     assert parking_read
 
@@ -148,9 +158,46 @@ def test_flow_metrics_of_a_quiet_hour_without_broker_reports_zeros_and_says_why(
 
     assert (meta["staged_events"], meta["applied_events"], meta["dead_letters"], meta["lag_samples"]) == (0, 0, 0, 0)
     assert meta["lag_p99_ms"] == 0.0
-    assert "broker unreachable" in meta["note"] and "no sync log" in meta["note"]
+    assert (meta["queue_samples"], meta["queue_depth_max_work"], meta["queue_depth"]) == (0, 0, "_none_")
+    assert all(word in meta["note"] for word in ("broker unreachable", "no sync log", "no queue samples"))
     with warehouse.connect(read_only=True) as conn:
         assert conn.execute("SELECT lag_p50_ms, parking_read FROM ops.flow_metrics").fetchall() == [(None, False)]
+
+
+def test_flow_metrics_plots_the_queue_depth_sampled_during_the_hour(settings, warehouse, monkeypatch):
+    monkeypatch.setenv("INVSYNC_AMQP_URL", "amqp://127.0.0.1:1/%2F")  # parking is not the point here
+    raw, fin, tap, parking = (settings.name(q) for q in ("plant.wh01.raw", "plant.wh01.finished", "ledger.tap",
+                                                         "parking"))  # fmt: skip
+
+    def sample(at: datetime, raw_ready: int, raw_unacked: int | None, tap_ready: int, parked: int) -> None:
+        source = "passive_declare" if raw_unacked is None else "management_api"
+        record(settings, [
+            QueueSample(raw, "work", raw_ready, raw_unacked, 0, source),
+            QueueSample(fin, "work", 5, 0 if raw_unacked is not None else None, 1, source),
+            QueueSample(tap, "tap", tap_ready, 0 if raw_unacked is not None else None, 1, source),
+            QueueSample(parking, "parking", parked, 0 if raw_unacked is not None else None, 0, source),
+        ], at=at)  # fmt: skip
+
+    m = timedelta(minutes=1)
+    sample(HOUR - m, 9_000, 0, 9_000, 9)  # the hour before: not counted
+    sample(HOUR + 10 * m, 100, 10, 3, 0)  # a worker that has stopped consuming plant.wh01.raw ...
+    sample(HOUR + 20 * m, 400, None, 50, 1)  # ... (a pass without the management API: unacked unknown)
+    sample(HOUR + 30 * m, 700, 20, 2, 1)  # ... and the queue keeps growing
+    sample(HOUR + 60 * m, 9_000, 0, 9_000, 9)  # the next hour: not counted
+
+    meta = _metadata(_materialize(warehouse))
+
+    assert meta["queue_samples"] == 3
+    # Per role, ready + unacked summed over its queues at each pass: max and last value in the hour.
+    assert (meta["queue_depth_max_work"], meta["queue_depth_last_work"]) == (700 + 20 + 5, 700 + 20 + 5)
+    assert (meta["queue_depth_max_tap"], meta["queue_depth_last_tap"]) == (50, 2)
+    assert (meta["queue_depth_max_parking"], meta["queue_depth_last_parking"]) == (1, 1)
+    assert (meta["queue_depth_max_retry"], meta["queue_depth_last_retry"]) == (0, 0)
+    table = meta["queue_depth"]
+    header = "| queue | role | max_ready | max_unacked | max_depth | last_depth | min_consumers |"
+    assert table.splitlines()[0] == header
+    assert f"| {raw} | work | 700 | 20 | 720 | 720 | 0 |" in table
+    assert "no queue samples" not in meta["note"]
 
 
 def _around_now(before_h: int, after_h: int) -> str:

@@ -57,3 +57,16 @@ def test_a_stalled_worker_fires_one_queue_alert_per_incident(settings, topology,
     channel.queue_purge(topology.ledger_tap)
     _, findings, raised = check_queues(settings)
     assert findings == [] and raised == []
+
+
+def test_each_broker_outage_is_one_alert_and_the_next_outage_alerts_again(settings):
+    from invsync_pipeline.ops.queue_health import broker_incident
+    from invsync_pipeline.recon.alerts import alerts
+
+    first = broker_incident(settings, "connection refused")
+    assert first is not None
+    assert broker_incident(settings, "connection refused") is None  # the same outage: silent
+    assert broker_incident(settings, None) is None  # reachable again: the incident closes
+    second = broker_incident(settings, "connection refused")
+    assert second is not None and second != first
+    assert [a["kind"] for a in alerts(settings)].count("broker_unreachable") == 2

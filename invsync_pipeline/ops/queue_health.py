@@ -164,9 +164,37 @@ def open_and_close_incidents(settings: Settings, findings: list[Finding], at: da
     return raised
 
 
+BROKER_INCIDENT = "broker:unreachable"
+
+
+def broker_incident(settings: Settings, error: str | None, at: datetime | None = None) -> str | None:
+    """Open the broker-unreachable incident (one alert) when ``error``, close it when None.
+    Returns the alert id raised now, if any: each outage is its own incident and alert."""
+    now = (at or datetime.now(UTC)).isoformat()
+    db = ops_db(settings)
+    try:
+        is_open = db.execute(
+            "SELECT 1 FROM incidents WHERE incident_key = ? AND closed_at IS NULL", (BROKER_INCIDENT,)
+        ).fetchone()
+        if error is None:
+            if is_open:
+                db.execute("UPDATE incidents SET closed_at = ? WHERE incident_key = ? AND closed_at IS NULL",
+                           (now, BROKER_INCIDENT))  # fmt: skip
+            return None
+        if is_open:
+            return None
+        alert_id = f"{BROKER_INCIDENT}:{now}"
+        db.execute("INSERT INTO incidents VALUES (?, ?, NULL, ?)", (BROKER_INCIDENT, now, alert_id))
+    finally:
+        db.close()
+    raise_alert(settings, alert_id, "critical", "broker_unreachable", "RabbitMQ is unreachable", error)
+    return alert_id
+
+
 def check_queues(settings: Settings) -> tuple[list[QueueSample], list[Finding], list[str]]:
     """Sample, record, evaluate, alert: one monitoring pass."""
     samples = sample(settings)
+    broker_incident(settings, None)
     record(settings, samples)
     findings = evaluate(settings, samples)
     return samples, findings, open_and_close_incidents(settings, findings)

@@ -12,15 +12,13 @@ def queue_health_sensor(context: dg.SensorEvaluationContext, invsync: InvsyncRes
     otherwise), keeps the samples in ops.sqlite, and raises one alert per incident: a queue too
     deep, a plant queue or the ledger tap with nobody consuming it, or one growing sample after
     sample. Requests no runs and never opens DuckDB."""
-    from invsync_pipeline.ops.queue_health import check_queues
-    from invsync_pipeline.recon.alerts import raise_alert
+    from invsync_pipeline.ops.queue_health import broker_incident, check_queues
 
     settings = invsync.settings()
     try:
         samples, findings, raised = check_queues(settings)
     except BrokerUnavailable as exc:
-        raise_alert(settings, "broker:unreachable", "critical", "broker_unreachable", "RabbitMQ is unreachable",
-                    str(exc))  # fmt: skip
+        broker_incident(settings, str(exc))  # one alert per outage, not one per minute
         return dg.SkipReason(f"broker unreachable: {exc}")
     deepest = sorted(samples, key=lambda s: -s.ready)[:3]
     summary = ", ".join(f"{s.queue}={s.ready}" for s in deepest)
