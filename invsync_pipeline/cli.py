@@ -845,5 +845,13 @@ def sync_worker(ctx: click.Context, queues: tuple[str, ...], seconds: float | No
     click.echo(json.dumps(stats.__dict__))
 
 
+def _register_cutover() -> None:
+    from invsync_pipeline.cli_cutover import cutover
+
+    main.add_command(cutover)
+
+
+_register_cutover()
+
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
+from invsync_pipeline.assets.cutover import cutover_comparison
 from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metrics import flow_metrics
@@ -11,12 +12,14 @@ from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_invent
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
 from invsync_pipeline.checks.asset_checks import ASSET_CHECKS
+from invsync_pipeline.checks.cutover import go_live_readiness
 from invsync_pipeline.checks.freshness import OPERATIONS_CHECKS
-from invsync_pipeline.jobs import hourly_reconciliation_job, stage_and_ledger_job
+from invsync_pipeline.jobs import batch_sync_job, cutover_daily_job, hourly_reconciliation_job, stage_and_ledger_job
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
-from invsync_pipeline.schedules import hourly_reconciliation_schedule
+from invsync_pipeline.schedules import batch_sync_schedule, cutover_daily_schedule, hourly_reconciliation_schedule
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
 from invsync_pipeline.sensors.queue_health import queue_health_sensor
+from invsync_pipeline.sensors.run_failures import run_failure_alert_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -31,11 +34,12 @@ defs = dg.Definitions(
         variance_report,
         analyst_exports,
         flow_metrics,
+        cutover_comparison,
     ],
-    asset_checks=[*ASSET_CHECKS, *OPERATIONS_CHECKS],
-    jobs=[stage_and_ledger_job, hourly_reconciliation_job],
-    sensors=[ledger_tap_sensor, queue_health_sensor],
-    schedules=[hourly_reconciliation_schedule],
+    asset_checks=[*ASSET_CHECKS, *OPERATIONS_CHECKS, go_live_readiness],
+    jobs=[stage_and_ledger_job, hourly_reconciliation_job, cutover_daily_job, batch_sync_job],
+    sensors=[ledger_tap_sensor, queue_health_sensor, run_failure_alert_sensor],
+    schedules=[hourly_reconciliation_schedule, cutover_daily_schedule, batch_sync_schedule],
     resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
     # Steps of one run go one after the other in one process: DuckDB takes one writer, and the
     # pool `duckdb_writer` only keeps runs apart, not the steps inside a run.

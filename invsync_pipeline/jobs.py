@@ -1,9 +1,14 @@
 """Jobs that sensors, schedules and backfills launch."""
 
+from datetime import datetime
+
 import dagster as dg
 
+from invsync_pipeline.assets.cutover import cutover_comparison
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.staging import staged_inventory_events
+from invsync_pipeline.cutover.batch_sync import run_batch_sync
+from invsync_pipeline.resources import InvsyncResource
 
 stage_and_ledger_job = dg.define_asset_job(
     name="stage_and_ledger",
@@ -16,3 +21,32 @@ hourly_reconciliation_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("staging", "ledger", "reconciliation", "operations"),
     description="The whole hourly graph: staging, ledger, snapshots, variances, investigation, corrections, report.",
 )
+
+cutover_daily_job = dg.define_asset_job(
+    name="cutover_daily",
+    selection=dg.AssetSelection.assets(cutover_comparison),
+    description="Compare the batch sync, the event-driven path and the ERP for a day, and check the go-live gate.",
+)
+
+
+# The batch sync writes to the MES only (never DuckDB), so it needs no place in the writer pool.
+class BatchSyncConfig(dg.Config):
+    at: str | None = None  # RFC 3339; default: now (the schedule passes its own tick time)
+
+
+@dg.op(tags={"kind": "batch_sync"})
+def copy_erp_stock_to_mes(context: dg.OpExecutionContext, config: BatchSyncConfig, invsync: InvsyncResource) -> None:
+    """Copy ERP stock to the live MES: what the old batch sync does, kept running during shadow mode."""
+    at = datetime.fromisoformat(config.at.replace("Z", "+00:00")) if config.at else None
+    summary = run_batch_sync(invsync.settings(), at)
+    context.log.info("batch sync: %s", summary)
+    context.log_event(dg.AssetObservation(asset_key="live_mes_stock", metadata={k: str(v) for k, v in summary.items()}))
+    if summary.get("failed"):
+        raise dg.Failure(f"batch sync: {summary['failed']} postings failed; first: {summary.get('first_failure')}")
+
+
+@dg.job(
+    description="The old batch sync: ERP stock to the live MES (every type in shadow mode; out of scope once live)."
+)
+def batch_sync_job() -> None:
+    copy_erp_stock_to_mes()

@@ -10,3 +10,6 @@ import dagster as dg
 FIRST_HOUR = os.environ.get("INVSYNC_FIRST_HOUR", "2025-01-01-00:00")
 
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date=FIRST_HOUR, timezone="UTC")
+
+# The cutover compares the systems once a day (UTC), from the same first day.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=FIRST_HOUR[:10], timezone="UTC")

@@ -15,6 +15,7 @@ environment, never from the file:
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -133,6 +134,51 @@ class MonitoringSettings(_Strict):
     min_growth_depth: int = Field(default=100, ge=1)  # ... and holds at least this many
 
 
+class PilotStage(_Strict):
+    """From ``since`` (a UTC date) on, the event-driven path carries these material types."""
+
+    since: date
+    material_types: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("material_types")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item not in MATERIAL_TYPES:
+                raise ValueError(f"unknown material type {item!r}; use some of {MATERIAL_TYPES}")
+        return value
+
+
+class CutoverGate(_Strict):
+    min_accuracy: float = Field(default=0.995, gt=0, le=1)
+    consecutive_days: int = Field(default=7, ge=1)
+
+
+class CutoverSettings(_Strict):
+    """The cutover from the old batch sync (invsync_pipeline/cutover/, docs/cutover.md).
+
+    ``initial_mode`` holds until the first ``invsync cutover go-live|rollback``; after that the
+    switch log in ``<home>/cutover.sqlite`` says which mode is in force. ``live`` with no pilot
+    stages is a plant without a batch sync: every material type goes the event-driven way."""
+
+    initial_mode: Literal["shadow", "live"] = "live"
+    # The MES namespace (or a second instance) the event-driven path writes to in shadow mode;
+    # None: the reference MES's shadow namespace under mes.base_url.
+    shadow_mes_url: str | None = None
+    batch_sync_every_hours: int = Field(default=2, ge=1, le=24)
+    tolerance: float = Field(default=0.001, ge=0)  # base units; |a - b| <= tolerance agrees
+    gate: CutoverGate = CutoverGate()
+    # Widened step by step; empty: every material type from the start.
+    pilot: tuple[PilotStage, ...] = ()
+
+    @field_validator("pilot")
+    @classmethod
+    def _ordered(cls, value: tuple[PilotStage, ...]) -> tuple[PilotStage, ...]:
+        if list(value) != sorted(value, key=lambda stage: stage.since):
+            raise ValueError("pilot stages must be in date order (since: ...)")
+        return value
+
+
 class Settings(_Strict):
     topology: TopologySettings = TopologySettings()
     staging: StagingSettings = StagingSettings()
@@ -141,6 +187,7 @@ class Settings(_Strict):
     erp: ErpSettings = ErpSettings()
     sync: SyncSettings = SyncSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    cutover: CutoverSettings = CutoverSettings()
     mes_token: str | None = None
     amqp_url: str = DEFAULT_AMQP_URL
     home: Path = PROJECT_ROOT / "data" / "runtime"
@@ -161,6 +208,10 @@ class Settings(_Strict):
     @property
     def outbox_path(self) -> Path:
         return self.home / "outbox.sqlite"
+
+    @property
+    def shadow_mes_url(self) -> str:
+        return self.cutover.shadow_mes_url or f"{self.mes.base_url.rstrip('/')}/ns/shadow"
 
     @property
     def erp_url(self) -> str:

@@ -17,7 +17,15 @@ import duckdb
 from invsync_pipeline.settings import PROJECT_ROOT
 
 SQL_DIR = PROJECT_ROOT / "sql"
-SCHEMA_FILES = ("staging.sql", "ledger.sql", "snapshots.sql", "recon.sql", "corrections.sql", "reports.sql")
+SCHEMA_FILES = (
+    "staging.sql",
+    "ledger.sql",
+    "snapshots.sql",
+    "recon.sql",
+    "corrections.sql",
+    "reports.sql",
+    "cutover.sql",
+)
 
 
 @cache
@@ -32,6 +40,20 @@ def sql(name: str) -> str:
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     for name in SCHEMA_FILES:
         conn.execute((SQL_DIR / "schema" / name).read_text())
+
+
+def connect_warehouse(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-write connection with UTC as its time zone and the schema in place; close it yourself."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect(str(path))
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 @contextmanager

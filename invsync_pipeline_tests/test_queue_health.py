@@ -70,3 +70,33 @@ def test_each_broker_outage_is_one_alert_and_the_next_outage_alerts_again(settin
     second = broker_incident(settings, "connection refused")
     assert second is not None and second != first
     assert [a["kind"] for a in alerts(settings)].count("broker_unreachable") == 2
+
+
+def test_a_failed_run_is_one_alert_through_the_alert_channel(settings):
+    import dagster as dg
+
+    from invsync_pipeline.recon.alerts import alerts
+    from invsync_pipeline.sensors.run_failures import run_failure_alert_sensor
+
+    @dg.op
+    def breaks() -> None:
+        raise RuntimeError("staged_events_valid failed: 3 rows break the contract")
+
+    @dg.job
+    def reconciliation_that_fails() -> None:
+        breaks()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = reconciliation_that_fails.execute_in_process(instance=instance, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    context = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alert_sensor",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=failure,
+    ).for_run_failure()
+    run_failure_alert_sensor(context)
+    run_failure_alert_sensor(context)  # the same run again: no second alert
+    raised = [a for a in alerts(settings) if a["kind"] == "run_failed"]
+    assert len(raised) == 1
+    assert "reconciliation_that_fails" in raised[0]["subject"] and result.dagster_run.run_id in raised[0]["message"]

@@ -5,6 +5,7 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.assets.variances import variance_investigation
@@ -23,6 +24,7 @@ class CorrectionConfig(dg.Config):
 @dg.asset(
     deps=[variance_investigation],
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "rabbitmq"},
     pool=DUCKDB_WRITER_POOL,
@@ -40,11 +42,21 @@ def auto_corrections(
     limit for its material type or ABC class), or a cause nobody can settle automatically,
     waits in the review queue (`invsync review list`) and raises an alert. Timing differences
     are never corrected, and no correction is made twice."""
+    return each_hour(context, lambda key: _auto_corrections_hour(key, context, config, invsync, warehouse))
+
+
+def _auto_corrections_hour(
+    partition_key: str,
+    context: dg.AssetExecutionContext,
+    config: CorrectionConfig,
+    invsync: InvsyncResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
     from invsync_pipeline.recon.corrections import alert_held, apply_correction, decide, effective_time, record
     from invsync_pipeline.recon.rules import load_rules
 
     rules = load_rules(config.rules_path)  # a bad rules file stops here, before anything changes
-    start, end = hour_bounds(context.partition_key)
+    start, end = hour_bounds(partition_key)
     settings = invsync.settings()
     with warehouse.connect() as conn:
         decisions = decide(conn, start, rules)
@@ -79,6 +91,7 @@ def auto_corrections(
 @dg.asset(
     deps=[auto_corrections],
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "csv"},
     pool=DUCKDB_WRITER_POOL,
@@ -92,7 +105,13 @@ def correction_audit_log(
     (auto_corrections) and when a supervisor approves or rejects one (`invsync review`); none is
     ever changed. This asset exports the hour's trail as CSV for auditors and checks that the
     log only grew."""
-    start, _ = hour_bounds(context.partition_key)
+    return each_hour(context, lambda key: _correction_audit_log_hour(key, context, invsync, warehouse))
+
+
+def _correction_audit_log_hour(
+    partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    start, _ = hour_bounds(partition_key)
     out_dir = invsync.settings().home / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
     with warehouse.connect(read_only=True) as conn:

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from invsync_pipeline.assets.corrections import correction_audit_log
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
@@ -23,6 +24,7 @@ EXPORTED_TABLES = (
 @dg.asset(
     deps=[correction_audit_log],
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "parquet"},
     pool=DUCKDB_WRITER_POOL,
@@ -36,7 +38,13 @@ def analyst_exports(
     Analysts query these files instead, at any time, from DuckDB, pandas or a BI tool:
     `SELECT * FROM read_parquet('exports/recon.variances/*/*.parquet', hive_partitioning = true)`.
     One folder per table and one per hour (`hour=YYYY-MM-DDTHH`); a re-run replaces the hour's file."""
-    start, _ = hour_bounds(context.partition_key)
+    return each_hour(context, lambda key: _analyst_exports_hour(key, context, invsync, warehouse))
+
+
+def _analyst_exports_hour(
+    partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    start, _ = hour_bounds(partition_key)
     root = invsync.settings().home / "exports"
     hour = f"hour={start:%Y-%m-%dT%H}"
     counts = {}

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
@@ -42,6 +43,7 @@ LEDGER_SCHEMA = dg.TableSchema(
 @dg.asset(
     deps=[staged_inventory_events],
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="ledger",
     kinds={"duckdb"},
     pool=DUCKDB_WRITER_POOL,
@@ -54,7 +56,13 @@ def transaction_ledger(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     to_location), signed adjustments, the net movement, the last cycle count and the number of
     movements of each kind. This is the "transactions" term of the hourly three-way check:
     beginning balance + net movement - ending balance."""
-    hour_start, _ = hour_bounds(context.partition_key)
+    return each_hour(context, lambda key: _transaction_ledger_hour(key, context, warehouse))
+
+
+def _transaction_ledger_hour(
+    partition_key: str, context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    hour_start, _ = hour_bounds(partition_key)
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
         conn.execute("DELETE FROM ledger.transaction_ledger WHERE partition_hour = ?", [hour_start])

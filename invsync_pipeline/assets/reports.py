@@ -13,6 +13,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.assets.variances import variance_investigation
@@ -56,6 +57,7 @@ class HourFigures:
     # this module from importing the corrections module.
     deps=[variance_investigation, dg.AssetKey("auto_corrections")],
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "html"},
     pool=DUCKDB_WRITER_POOL,
@@ -72,7 +74,13 @@ def variance_report(
     tables by plant, material type and cause, the item list, and a chart of the last 48 hours.
     `reports/latest.html` is a copy of the newest hour's page. Re-running an hour rewrites the
     same table rows and files (a supervisor's review decisions since then do show)."""
-    start, _ = hour_bounds(context.partition_key)
+    return each_hour(context, lambda key: _variance_report_hour(key, context, invsync, warehouse))
+
+
+def _variance_report_hour(
+    partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    start, _ = hour_bounds(partition_key)
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
         conn.execute("DELETE FROM recon.variance_report WHERE partition_hour = ?", [start])

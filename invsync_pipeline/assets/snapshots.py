@@ -11,7 +11,10 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
+from invsync_pipeline.cutover.state import CutoverState
+from invsync_pipeline.cutover.switch import mes_client_for
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
@@ -39,6 +42,7 @@ def _replace(conn, table: str, hour_start: datetime, frame: pd.DataFrame) -> Non
 
 @dg.asset(
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "sqlalchemy"},
     pool=DUCKDB_WRITER_POOL,
@@ -53,9 +57,19 @@ def erp_inventory_snapshot(
     document (MATDOC) entered after the instant, so any past hour is exact. Also stores the
     hour's material documents as movements (`snapshots.erp_movements`) and the material master
     (`snapshots.erp_materials`: type, base unit, unit cost, ABC class) for the investigation."""
+    return each_hour(context, lambda key: _erp_inventory_snapshot_hour(key, context, config, invsync, warehouse))
+
+
+def _erp_inventory_snapshot_hour(
+    partition_key: str,
+    context: dg.AssetExecutionContext,
+    config: SnapshotConfig,
+    invsync: InvsyncResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
     from invsync_pipeline.sources.erp import ErpDatabase
 
-    start, end = hour_bounds(context.partition_key)
+    start, end = hour_bounds(partition_key)
     if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.erp_inventory", start)):
         return reused
     erp = ErpDatabase.from_settings(invsync.settings())
@@ -150,6 +164,7 @@ def erp_inventory_snapshot(
 
 @dg.asset(
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "api"},
     pool=DUCKDB_WRITER_POOL,
@@ -164,13 +179,25 @@ def mes_inventory_snapshot(
     on first reconciliation and reused after that, so a backfill sees what the MES showed then.
     The applied log (`snapshots.mes_applied`) lets the investigation tell "the MES never got it"
     from "the MES got it twice"."""
-    from invsync_pipeline.sources.mes import MesClient
+    return each_hour(context, lambda key: _mes_inventory_snapshot_hour(key, context, config, invsync, warehouse))
 
-    start, end = hour_bounds(context.partition_key)
+
+def _mes_inventory_snapshot_hour(
+    partition_key: str,
+    context: dg.AssetExecutionContext,
+    config: SnapshotConfig,
+    invsync: InvsyncResource,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    start, end = hour_bounds(partition_key)
     if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.mes_inventory", start)):
         return reused
     taken_at = datetime.now(UTC)
-    with MesClient.from_settings(invsync.settings()) as mes:
+    settings = invsync.settings()
+    # The MES the event-driven path wrote at the end of the hour: the shadow one during a cutover.
+    with CutoverState(settings) as state:
+        mode = state.mode_at(min(end, taken_at))
+    with mes_client_for(settings, mode) as mes:
         begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}
         finish = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=end)}
         applied = [
@@ -247,5 +274,6 @@ def mes_inventory_snapshot(
             "applied_transactions": len(applied),
             "stock_end_total": float(snapshot["end_quantity"].sum()) if len(snapshot) else 0.0,
             "reused_stored_snapshot": False,
+            "mes": mes.base_url,
         }
     )

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.messaging.staged_log import StagedEventLog, hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
@@ -38,6 +39,7 @@ STAGED_EVENTS_SCHEMA = dg.TableSchema(
 
 @dg.asset(
     partitions_def=hourly_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="staging",
     kinds={"duckdb", "rabbitmq"},
     pool=DUCKDB_WRITER_POOL,
@@ -53,7 +55,13 @@ def staged_inventory_events(
     transaction_id: copies from redeliveries are dropped, the first staged copy wins. Re-running
     an hour replaces its rows with the same result, so backfills equal live runs. Invalid
     messages never get here: the drain quarantined them with their reason."""
-    partition_key = context.partition_key
+    return each_hour(context, lambda key: _staged_inventory_events_hour(key, context, invsync, warehouse))
+
+
+def _staged_inventory_events_hour(
+    partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    partition_key = partition_key
     hour_start, _ = hour_bounds(partition_key)
     staged_log = StagedEventLog(invsync.settings().staged_dir)
     files = [str(p) for p in staged_log.segments(partition_key)]

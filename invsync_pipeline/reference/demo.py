@@ -39,7 +39,7 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _reset_home(home: Path) -> None:
+def reset_home(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True)
     for name in _RESET:
         for path in home.glob(f"{name}*"):
@@ -49,7 +49,7 @@ def _reset_home(home: Path) -> None:
                 path.unlink()
 
 
-def _instance() -> dg.DagsterInstance:
+def dagster_instance() -> dg.DagsterInstance:
     if os.environ.get("DAGSTER_HOME"):
         Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
         return dg.DagsterInstance.get()
@@ -108,7 +108,7 @@ def run_demo(
     token = os.environ.get("INVSYNC_MES_TOKEN") or secrets.token_urlsafe(24)
     os.environ["INVSYNC_MES_TOKEN"] = token
     settings: Settings = load_settings()
-    _reset_home(settings.home)
+    reset_home(settings.home)
     delete_topology(settings)  # the demo's own namespace: start from empty queues
     apply_topology(settings)
     log(f"home {settings.home}, broker namespace {settings.namespace!r}")
@@ -120,7 +120,7 @@ def run_demo(
     erp = ErpDatabase.from_settings(settings)
     erp.create_schema()
     worker = BackgroundWorker(settings, client).start()
-    instance = _instance()
+    instance = dagster_instance()
     try:
         sim = generate(seed, default_start(hours), hours, plant_size, faults)
         log(f"reference MES at {mes.url}; simulating {hours} h of plant {plant_size!r} (seed {seed}), "

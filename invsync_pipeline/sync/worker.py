@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,11 +32,14 @@ import pika
 import pika.exceptions
 
 from invsync_pipeline.contract import PUBLISHED_MS_HEADER, ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.cutover.scope import in_scope
+from invsync_pipeline.cutover.state import CutoverState
+from invsync_pipeline.cutover.switch import mes_client_for
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.retry import publish_failure, retries_so_far
 from invsync_pipeline.messaging.topology import apply_topology
 from invsync_pipeline.settings import NON_CRITICAL_TRANSACTION_TYPES, Settings
-from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable
+from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable, PostResult
 from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord
 
 log = logging.getLogger("invsync.sync")
@@ -88,15 +94,25 @@ class _Job:
     body: bytes
     event: InventoryEvent
     delivered_ms: int
+    target: MesClient
+    earlier: MesClient | None = None  # the pre-switch target, for events older than the last switch
     future: Future | None = None
 
 
 class SyncWorker:
     """Consumes the plant queues and applies each event to the MES exactly once."""
 
-    def __init__(self, settings: Settings, mes: MesClient, *, queues: list[str] | None = None):
+    def __init__(
+        self, settings: Settings, mes: MesClient, *, queues: list[str] | None = None, shadow: MesClient | None = None
+    ):
         self.settings = settings
         self.mes = mes
+        # Cutover: in shadow mode events go to the shadow MES; a switch pauses the worker (cutover/).
+        self.targets = {"live": mes, "shadow": shadow or mes_client_for(settings, "shadow")}
+        self.cutover = CutoverState(settings)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._mode = self.cutover.current()
+        self._paused_for: int | None = None
         critical, noncritical = plant_queues(settings)
         wanted = set(queues) if queues is not None else None
         self.critical = [q for q in critical if wanted is None or q in wanted]
@@ -161,8 +177,9 @@ class SyncWorker:
         self._channel.basic_qos(prefetch_count=self.settings.sync.prefetch)
         self._consumers.clear()
         self._inflight.clear()
-        for queue in self.critical:
-            self._consume(queue)
+        if self._paused_for is None:  # paused for a cutover switch: consume again once it is done
+            for queue in self.critical:
+                self._consume(queue)
 
     def _consume(self, queue: str) -> None:
         self._consumers[queue] = self._channel.basic_consume(
@@ -170,12 +187,16 @@ class SyncWorker:
         )
 
     def _loop(self, deadline: float | None) -> None:
-        next_window_check = next_log_flush = 0.0
+        next_window_check = next_log_flush = next_cutover_check = 0.0
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
             now = time.monotonic()
-            if now >= next_window_check:
+            if now >= next_cutover_check:
+                if self._follow_cutover():
+                    next_window_check = 0.0  # resumed: the window decides about non-critical queues again
+                next_cutover_check = now + 0.25
+            if now >= next_window_check and self._paused_for is None:
                 self._toggle_noncritical(in_window(self.settings.sync.noncritical_windows, datetime.now(UTC)))
                 next_window_check = now + 15
             self._conn.process_data_events(time_limit=0.2)
@@ -186,6 +207,25 @@ class SyncWorker:
             if self._fatal is not None:
                 self._stop.set()
         self._finish_inflight()
+
+    def _follow_cutover(self) -> bool:
+        """Pause for a switch under way, resume once it is done; True when it just resumed."""
+        mode = self.cutover.current()
+        resumed = False
+        if mode.switching is not None and self._paused_for != mode.switching.seq:
+            log.info("cutover switch %d (%s -> %s): pausing", mode.switching.seq, mode.switching.from_mode,
+                     mode.switching.to_mode)  # fmt: skip
+            self._finish_inflight()
+            self._paused_for = mode.switching.seq
+        elif mode.switching is None and self._paused_for is not None:
+            log.info("cutover: resuming; the event-driven path is %s", mode.mode)
+            self._paused_for = None
+            for queue in self.critical:
+                self._consume(queue)
+            resumed = True
+        self._mode = mode
+        self.cutover.heartbeat(self.worker_id, self._paused_for)
+        return resumed
 
     def _toggle_noncritical(self, open_now: bool) -> None:
         for queue in self.noncritical:
@@ -221,6 +261,11 @@ class SyncWorker:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._drop_connection()
         self.sync_log.close()
+        # A stopped worker need not pause for a switch.
+        with contextlib.suppress(Exception):
+            self.cutover.leave(self.worker_id)
+        self.cutover.close()
+        self.targets["shadow"].close()
 
     # --- per message (I/O thread) ---------------------------------------------------------------
     def _on_message(self, queue: str, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
@@ -230,21 +275,44 @@ class SyncWorker:
         except ContractViolation as violation:
             self._fail(queue, method.delivery_tag, properties, body, f"invalid: {violation}", retryable=False)
             return
-        if event.source_system == "MES" or (event.source_system == "RECON" and event.target_system == "ERP"):
-            # Already in the MES (it originated there), or a correction meant for the ERP.
+        if self._paused_for is not None:
+            # Delivered just before the pause: back to the queue, applied after the switch.
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        mode = self._mode.mode
+        if (
+            (event.source_system == "MES" and mode == "live")
+            or (event.source_system == "RECON" and event.target_system == "ERP")
+            or not in_scope(self.settings, event.material_type, event.timestamp)
+        ):
+            # Already in the live MES (it originated there; the shadow MES still needs it), a
+            # correction meant for the ERP, or a material type outside the cutover's pilot scope.
             self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms)
             return
         if (mes_id := self.sync_log.seen(event.transaction_id)) is not None:
             self._ack(queue, method.delivery_tag, properties, event, mes_id, "duplicate", delivered_ms, delivered_ms)
             return
-        job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms)
+        job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, self.targets[mode],
+                   self._before_switch_target(event))  # fmt: skip
         self._inflight[job.tag] = job
         job.future = self._pool.submit(self._call_mes, job, self._conn)
+
+    def _before_switch_target(self, event: InventoryEvent) -> MesClient | None:
+        """The MES the path wrote before the last switch, for an event older than that switch."""
+        last = self._mode.last
+        if last is None or last.completed_at is None or event.timestamp >= last.completed_at:
+            return None
+        return self.targets[last.from_mode]
 
     def _call_mes(self, job: _Job, conn: pika.BlockingConnection) -> None:
         """Pool thread: the MES call. Never touches the channel; hands the outcome back."""
         try:
-            outcome: Any = self.mes.post_transaction(job.event)
+            earlier = job.earlier.find_transaction(job.event.transaction_id) if job.earlier is not None else None
+            if earlier is not None:
+                # Applied before the switch (its ack was lost then); the switch's copy carried it over.
+                outcome: Any = PostResult(earlier["mes_transaction_id"], "duplicate", job.event.transaction_id)
+            else:
+                outcome = job.target.post_transaction(job.event)
         except (MesUnavailable, MesRejected, MesAuthError) as exc:
             outcome = exc
         except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
