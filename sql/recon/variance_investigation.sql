@@ -8,8 +8,8 @@ WITH variances AS (
     SELECT * FROM recon.variances WHERE partition_hour = $partition_hour AND is_variance
 ),
 
--- NOT MATERIALIZED here and below: each is read twice, and scanning the tables again is faster
--- than copying millions of rows into memory.
+-- NOT MATERIALIZED here and below: each is read more than once, and scanning the tables again is
+-- faster than copying millions of rows into memory.
 events AS NOT MATERIALIZED (
     SELECT * FROM staging.inventory_events WHERE partition_hour = $partition_hour
 ),
@@ -47,6 +47,11 @@ explaining AS (
 ),
 
 ledger_fx AS (SELECT * FROM all_ledger_fx SEMI JOIN explaining USING (transaction_id)),
+
+-- "Is it in the ledger?" asks of every event of the hour, cycle counts included: both systems
+-- book a count (the ERP its difference document, the MES the change in its applied log) under
+-- the count's transaction_id, though ledger_fx leaves counts out.
+ledger_ids AS (SELECT transaction_id FROM events SEMI JOIN explaining USING (transaction_id)),
 
 erp_fx AS (SELECT * FROM all_erp_fx SEMI JOIN explaining USING (transaction_id)),
 
@@ -87,7 +92,7 @@ explanations AS (
            coalesce(b.place || ': ' || b.reason, 'ERP document with no event on the exchange')
     FROM erp_fx AS e
     LEFT JOIN backlog AS b USING (transaction_id)
-    WHERE e.transaction_id NOT IN (SELECT transaction_id FROM ledger_fx)
+    WHERE e.transaction_id NOT IN (SELECT transaction_id FROM ledger_ids)
       AND e.transaction_id NOT IN (SELECT transaction_id FROM unit_mismatches)
 
     UNION ALL
@@ -124,7 +129,7 @@ explanations AS (
     SELECT m.material_number, m.location, m.unit, 'ERP', 'not_published', m.qty, m.transaction_id,
            'MES applied it; no event on the exchange'
     FROM mes_fx AS m
-    WHERE m.transaction_id NOT IN (SELECT transaction_id FROM ledger_fx)
+    WHERE m.transaction_id NOT IN (SELECT transaction_id FROM ledger_ids)
       AND m.transaction_id NOT IN (SELECT transaction_id FROM erp_fx)
 ),
 
@@ -139,15 +144,31 @@ explained AS (
     GROUP BY ALL
 ),
 
+-- The RECON corrections posted within the hour, per system they correct: each closes (part of)
+-- a difference the systems began the hour with.
+corrected AS (
+    SELECT material_number, location, unit,
+           coalesce(sum(qty) FILTER (WHERE target_system = 'ERP'), 0) AS to_erp,
+           coalesce(sum(qty) FILTER (WHERE target_system = 'MES'), 0) AS to_mes
+    FROM ledger_fx
+    WHERE source_system = 'RECON' AND reason = 'correction'
+    GROUP BY ALL
+),
+
 -- The systems already disagreed when the hour began: a difference found (and corrected, or
--- held for review) in an earlier hour, not a new one. It names that hour's transactions.
+-- held for review) in an earlier hour, not a new one. It names that hour's transactions. Only
+-- what the hour's corrections left of it is carried to the hour's end; a correction its system
+-- did not book is explained above (missing_in_mes or missing_in_erp), as any other transaction.
 carried AS (
     SELECT
         v.material_number, v.location, v.unit, 'MES' AS system, 'carried_over' AS cause,
-        v.erp_begin - v.mes_begin AS explained_quantity,
+        (v.erp_begin + coalesce(c.to_erp, 0)) - (v.mes_begin + coalesce(c.to_mes, 0)) AS explained_quantity,
         coalesce(earlier.transaction_ids, []) AS transaction_ids,
-        'the systems already disagreed when the hour began' AS detail
+        'the systems already disagreed when the hour began'
+            || CASE WHEN c.material_number IS NOT NULL THEN '; less the RECON corrections of the hour' ELSE '' END
+            AS detail
     FROM variances AS v
+    LEFT JOIN corrected AS c USING (material_number, location, unit)
     LEFT JOIN (
         SELECT material_number, location, unit, arg_max(transaction_ids, partition_hour) AS transaction_ids
         FROM recon.variance_investigation
@@ -155,6 +176,7 @@ carried AS (
         GROUP BY ALL
     ) AS earlier USING (material_number, location, unit)
     WHERE v.erp_begin <> v.mes_begin
+      AND abs((v.erp_begin + coalesce(c.to_erp, 0)) - (v.mes_begin + coalesce(c.to_mes, 0))) > 0.000001
 ),
 
 all_explained AS (
