@@ -52,7 +52,7 @@ def _auto_corrections_hour(
     invsync: InvsyncResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
-    from invsync_pipeline.recon.corrections import alert_held, apply_correction, decide, effective_time, record
+    from invsync_pipeline.recon.corrections import alert_held, apply_corrections, decide, effective_time, record
     from invsync_pipeline.recon.rules import load_rules
 
     rules = load_rules(config.rules_path)  # a bad rules file stops here, before anything changes
@@ -60,19 +60,19 @@ def _auto_corrections_hour(
     settings = invsync.settings()
     with warehouse.connect() as conn:
         decisions = decide(conn, start, rules)
-        applied = held = 0
+        effective = effective_time(end, config.effective_at)
+        # Published before they are recorded: a crash in between makes the next run decide and
+        # publish them again under the same transaction ids, which everything downstream dedupes.
+        to_apply = [c for c in decisions if c.status == "applied"]
+        apply_corrections(settings, [(c, effective) for c in to_apply])
+        applied, held = len(to_apply), 0
+        conn.execute("BEGIN TRANSACTION")
         for correction in decisions:
-            effective = None
-            if correction.status == "applied":
-                effective = effective_time(end, config.effective_at)
-                apply_correction(settings, correction, effective)
-                applied += 1
-            conn.execute("BEGIN TRANSACTION")
-            record(conn, correction, effective)
+            record(conn, correction, effective if correction.status == "applied" else None)
             if correction.status == "held_for_review":
                 alert_held(settings, correction)
                 held += 1
-            conn.execute("COMMIT")
+        conn.execute("COMMIT")
         summary = conn.execute(
             """SELECT status, target_system, cause, count(*) AS corrections, sum(abs(quantity)) AS quantity
                FROM recon.corrections WHERE partition_hour = ? GROUP BY ALL ORDER BY ALL""",

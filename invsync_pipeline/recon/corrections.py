@@ -142,20 +142,29 @@ def correction_event(c: Correction, effective_at: datetime) -> InventoryEvent:
 
 def apply_correction(settings: Settings, c: Correction, effective_at: datetime) -> InventoryEvent:
     """Publish the correction (and post it in the ERP when the ERP is the target)."""
+    return apply_corrections(settings, [(c, effective_at)])[0]
+
+
+def apply_corrections(settings: Settings, corrections: list[tuple[Correction, datetime]]) -> list[InventoryEvent]:
+    """Publish an hour's corrections together (posting those for the ERP there first): one ERP
+    connection and one outbox flush, not one per correction, which a backfill of weeks feels."""
     from invsync_pipeline.messaging.outbox import Outbox
 
-    event = correction_event(c, effective_at)
-    if c.target_system == "ERP":
+    events = [correction_event(c, effective_at) for c, effective_at in corrections]
+    for_erp = [e for (c, _), e in zip(corrections, events, strict=True) if c.target_system == "ERP"]
+    if for_erp:
         from invsync_pipeline.sources.erp import ErpDatabase
 
         erp = ErpDatabase.from_settings(settings)
         try:
-            erp.post(event)  # idempotent by transaction_id
+            for event in for_erp:
+                erp.post(event)  # idempotent by transaction_id
         finally:
             erp.dispose()
-    with Outbox(settings) as box:
-        box.publish([event])  # buffered durably if the broker is away
-    return event
+    if events:
+        with Outbox(settings) as box:
+            box.publish(events)  # buffered durably if the broker is away
+    return events
 
 
 def record(conn: duckdb.DuckDBPyConnection, c: Correction, effective_at: datetime | None) -> None:
