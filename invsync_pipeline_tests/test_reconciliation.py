@@ -345,3 +345,23 @@ def test_a_correction_within_the_hour_is_carried_over_not_unexplained(settings, 
     assert [c[:4] for c in _causes_of(settings, hour, "FIXED")] == [
         ("MES", "missing_in_mes", Decimal("20"), [lost.transaction_id]),
     ]
+
+
+def test_a_difference_worth_millions_is_valued_not_an_overflow(tmp_path):
+    from datetime import UTC, datetime
+
+    from invsync_pipeline.warehouse import connect_warehouse, sql
+
+    hour = datetime(2025, 3, 3, 10, tzinfo=UTC)
+    conn = connect_warehouse(tmp_path / "w.duckdb")
+    try:
+        conn.execute("INSERT INTO snapshots.erp_inventory VALUES (?, 'M1', 'raw', 'WH01/RM01', 'KG', 500000, 500000, "
+                     "now(), 'test')", [hour])  # fmt: skip
+        conn.execute("INSERT INTO snapshots.mes_inventory VALUES (?, 'M1', 'WH01/RM01', 'KG', 0, 0, now(), 'test')",
+                     [hour])  # fmt: skip
+        conn.execute("INSERT INTO snapshots.erp_materials VALUES ('M1', 'raw', 'KG', 2.5, 'EUR', 'A', now())")
+        conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"partition_hour": hour})
+        value = conn.execute("SELECT value_difference FROM recon.variances").fetchone()[0]
+    finally:
+        conn.close()
+    assert value == 1_250_000

@@ -129,7 +129,9 @@ SELECT
     round(100 * abs(cross_difference) / nullif(greatest(abs(erp_end), abs(mes_end)), 0), 4) AS pct_difference,
     unit_cost,
     -- The unit cost is per base unit; a row in another unit (a unit mismatch) has no value.
-    CASE WHEN unit = base_unit THEN round(abs(cross_difference) * unit_cost, 2) END AS value_difference,
+    -- In DECIMAL(38,12): DECIMAL(18,6) x DECIMAL(18,6) overflows at a value of 1,000,000.
+    CASE WHEN unit = base_unit THEN round(CAST(abs(cross_difference) AS DECIMAL(38, 12)) * unit_cost, 2) END
+        AS value_difference,
     ledger_transactions,
     (abs(erp_three_way) > 0.000001 OR abs(mes_three_way) > 0.000001 OR abs(cross_difference) > 0.000001)
         AS is_variance

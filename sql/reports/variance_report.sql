@@ -36,7 +36,8 @@ SELECT
     v.unit_cost,
     v.value_difference,
     c.explained_quantity,
-    round(abs(c.explained_quantity) * v.unit_cost, 2) AS explained_value,
+    -- In DECIMAL(38,12): DECIMAL(18,6) x DECIMAL(18,6) overflows at a value of 1,000,000.
+    round(CAST(abs(c.explained_quantity) AS DECIMAL(38, 12)) * v.unit_cost, 2) AS explained_value,
     coalesce(c.transaction_ids, []::VARCHAR[]) AS transaction_ids,
     c.detail,
     k.correction_id,
