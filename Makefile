@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint dev bench
+.PHONY: install demo test lint dev bench bench-backfill
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,8 @@ bench: install
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/sync_lag.py
 	$(BIN)/python bench/reconcile.py
+
+# Separate: it generates 26 GB of history first (about 25 minutes) in a temporary dir.
+bench-backfill: install
+	scripts/ensure-broker
+	$(BIN)/python bench/backfill.py
