@@ -1,6 +1,8 @@
 -- Builds staging.inventory_events for one hour ($partition_hour) from its staged segments ($files).
 -- A redelivered message can sit in two segments: the first copy staged wins.
--- An id already loaded for another hour ($other_ids) is a duplicate too and is left out.
+-- An id already loaded for another hour is a duplicate too and is left out. That check reads
+-- every id ever staged, so a run over a range of hours turns it off ($check_other_hours false)
+-- and settles such duplicates once for the whole range (staging/cross_hour_duplicates.sql).
 WITH staged AS (
     SELECT
         *,
@@ -30,7 +32,8 @@ not_seen_in_other_hours AS (
     SELECT first_copies.*
     FROM first_copies
     ANTI JOIN (
-        SELECT transaction_id FROM staging.inventory_events WHERE partition_hour <> $partition_hour
+        SELECT transaction_id FROM staging.inventory_events
+        WHERE $check_other_hours AND partition_hour <> $partition_hour
     ) AS other_hours USING (transaction_id)
 )
 
