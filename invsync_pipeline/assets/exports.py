@@ -55,12 +55,12 @@ def _analyst_exports_hour(
             final = folder / "data.parquet"
             tmp = folder / ".data.parquet.tmp"
             # COPY takes no bound parameters; the value is a datetime we formatted ourselves.
-            conn.execute(
+            # COPY answers with the number of rows it wrote.
+            counts[table] = conn.execute(
                 f"COPY (SELECT * FROM {table} WHERE partition_hour = TIMESTAMPTZ '{start.isoformat()}') "
                 f"TO '{tmp}' (FORMAT parquet)"
-            )
+            ).fetchone()[0]
             tmp.replace(final)
-            counts[table] = conn.execute(f"SELECT count(*) FROM read_parquet('{final}')").fetchone()[0]
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(str(root)),
