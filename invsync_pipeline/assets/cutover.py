@@ -15,10 +15,9 @@ import pandas as pd
 from invsync_pipeline.assets.hours import SINGLE_RUN
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.cutover.batch_sync import Key
+from invsync_pipeline.cutover.batch_sync import Key, erp_stock
 from invsync_pipeline.cutover.scope import scope_label, scope_on
-from invsync_pipeline.cutover.state import CutoverState
-from invsync_pipeline.cutover.switch import mes_client_for
+from invsync_pipeline.cutover.switch import event_path_mes, mes_client_for
 from invsync_pipeline.partitions import daily_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.settings import Settings
@@ -45,22 +44,16 @@ def read_day_end(settings: Settings, day: date) -> tuple[pd.DataFrame, pd.DataFr
     start = datetime.combine(day, datetime.min.time(), UTC)
     end = start + timedelta(days=1)
     taken_at = datetime.now(UTC)
-    with CutoverState(settings) as state:
-        mode = state.mode_at(min(end, taken_at))
     erp = ErpDatabase.from_settings(settings)
     try:
-        frame = erp.stock_as_of(end, include_zero=True)
-        master = erp.materials()
+        erp_now, types = erp_stock(erp, end)
         erp_moves = erp.movements(start, end)
     finally:
         erp.dispose()
-    types = dict(zip(master["material"].astype(str), master["material_type"], strict=True))
-    erp_stock = {(str(m), str(loc), str(u)): q for m, loc, u, q in
-                 zip(frame["material"], frame["location"], frame["unit"], frame["quantity"], strict=True)}  # fmt: skip
-    stock = _stock_rows(day, "erp", erp_stock, types, taken_at, f"erp:{settings.erp_url.split(':', 1)[0]}")
+    stock = _stock_rows(day, "erp", erp_now, types, taken_at, f"erp:{settings.erp_url.split(':', 1)[0]}")
     moves = [(day, "erp", e.transaction_id, e.timestamp, e.material_number, loc, e.unit)
              for e in erp_moves for loc, _ in e.stock_effects()]  # fmt: skip
-    event_client = mes_client_for(settings, mode)
+    mode, event_client = event_path_mes(settings, min(end, taken_at))
     try:
         held = {(r.material_number, r.location, r.unit): r.quantity for r in event_client.stock(as_of=end)}
         stock += _stock_rows(day, "event_driven", held, types, taken_at, event_client.base_url)

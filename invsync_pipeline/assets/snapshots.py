@@ -13,8 +13,7 @@ import pandas as pd
 
 from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.cutover.state import CutoverState
-from invsync_pipeline.cutover.switch import mes_client_for
+from invsync_pipeline.cutover.switch import event_path_mes
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
@@ -195,9 +194,8 @@ def _mes_inventory_snapshot_hour(
     taken_at = datetime.now(UTC)
     settings = invsync.settings()
     # The MES the event-driven path wrote at the end of the hour: the shadow one during a cutover.
-    with CutoverState(settings) as state:
-        mode = state.mode_at(min(end, taken_at))
-    with mes_client_for(settings, mode) as mes:
+    _, mes_client = event_path_mes(settings, min(end, taken_at))
+    with mes_client as mes:
         begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}
         finish = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=end)}
         applied = [

@@ -134,12 +134,10 @@ def _backlog_frame(settings, start: datetime) -> pd.DataFrame:
 def _mes_applied_now(settings, start: datetime) -> pd.DataFrame:
     """The MES applied log as it is now, for telling a sync gap from a lost event. Only ids
     applied after the hour's snapshot matter, but the log since the hour's start is small."""
-    from invsync_pipeline.cutover.state import CutoverState
-    from invsync_pipeline.cutover.switch import mes_client_for
+    from invsync_pipeline.cutover.switch import event_path_mes
 
-    with CutoverState(settings) as state:
-        mode = state.current().mode  # the MES the event-driven path writes now
-    with mes_client_for(settings, mode) as mes:
+    _, mes_client = event_path_mes(settings)  # the MES the event-driven path writes now
+    with mes_client as mes:
         rows = [
             (row["transaction_id"], datetime.fromisoformat(row["applied_at"].replace("Z", "+00:00")))
             for row in mes.applied_transactions(since=start)

@@ -39,12 +39,14 @@ class SwitchResult:
 
 def mes_client_for(settings: Settings, mode: str) -> MesClient:
     """The MES the event-driven path writes in ``mode``: the shadow namespace, or the live MES."""
-    client = MesClient.from_settings(settings)
-    if mode == "shadow":
-        client.close()
-        return MesClient(settings.shadow_mes_url, settings.mes_token, timeout_seconds=settings.mes.timeout_seconds,
-                         read_retries=settings.mes.read_retries, page_size=settings.mes.page_size)  # fmt: skip
-    return client
+    return MesClient.from_settings(settings, base_url=settings.shadow_mes_url if mode == "shadow" else None)
+
+
+def event_path_mes(settings: Settings, at: datetime | None = None) -> tuple[str, MesClient]:
+    """(mode, client of the MES the event-driven path wrote at ``at``; now when None)."""
+    with CutoverState(settings) as state:
+        mode = state.current().mode if at is None else state.mode_at(at)
+    return mode, mes_client_for(settings, mode)
 
 
 def switch_to(

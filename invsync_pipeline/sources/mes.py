@@ -104,11 +104,12 @@ class MesClient:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MesClient:
-        """Configured by ``mes:`` in the config file; the token from INVSYNC_MES_TOKEN."""
+    def from_settings(cls, settings: Settings, base_url: str | None = None) -> MesClient:
+        """Configured by ``mes:`` in the config file; the token from INVSYNC_MES_TOKEN.
+        ``base_url`` points the same client settings at another MES (or MES namespace)."""
         mes = settings.mes
         return cls(
-            mes.base_url,
+            base_url or mes.base_url,
             settings.mes_token,
             timeout_seconds=mes.timeout_seconds,
             read_retries=mes.read_retries,
