@@ -19,7 +19,7 @@ def reconcile_hour(conn) -> None:
     (recon.pipeline_backlog, recon.mes_applied_observed), so it only checks they are there."""
     conn.execute("BEGIN TRANSACTION")
     conn.execute("DELETE FROM recon.variances WHERE partition_hour = ?", [HOUR])
-    conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"partition_hour": HOUR})
+    conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"first_hour": HOUR, "last_hour": HOUR})
     conn.execute(
         """SELECT count(*), count(*) FILTER (WHERE is_variance), coalesce(sum(value_difference), 0)
            FROM recon.variances WHERE partition_hour = ?""",

@@ -72,7 +72,8 @@ def _build_ledger(warehouse: WarehouseResource, hour: datetime = HOUR) -> None:
     """The ledger of the hour, built by the pipeline's own SQL from the staged rows."""
     with warehouse.connect() as conn:
         conn.execute(
-            f"INSERT INTO ledger.transaction_ledger {sql('ledger/transaction_ledger')}", {"partition_hour": hour}
+            f"INSERT INTO ledger.transaction_ledger {sql('ledger/transaction_ledger')}",
+            {"first_hour": hour, "last_hour": hour},
         )
 
 

@@ -38,6 +38,24 @@ def _tables(settings) -> dict[str, list[tuple]]:
         return {t: conn.execute(f"SELECT {cols} FROM {t} ORDER BY ALL").fetchall() for t, cols in COMPARED.items()}
 
 
+def _exports(settings) -> dict[str, list[tuple]]:
+    """The analyst exports of the compared tables, read back as an analyst would."""
+    import duckdb
+
+    from invsync_pipeline.assets.exports import EXPORTED_TABLES
+
+    with duckdb.connect() as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        return {
+            t: conn.execute(
+                f"SELECT {cols} FROM (SELECT * EXCLUDE (hour) FROM read_parquet("
+                f"'{settings.home}/exports/{t}/*/*.parquet', hive_partitioning = true)) ORDER BY ALL"
+            ).fetchall()
+            for t, cols in COMPARED.items()
+            if t in EXPORTED_TABLES
+        }
+
+
 def test_the_demo_detects_every_injected_fault_with_its_cause_and_leaves_plottable_flow_metrics(
     settings, topology, tmp_path, monkeypatch
 ):
@@ -79,6 +97,8 @@ def test_a_backfill_of_24_past_hours_equals_the_live_runs(settings, topology):
     live = run_demo(hours=24, seed=3, log=lambda _: None)  # hour by hour, as the schedule would
     assert live.score["detected"] == live.score["injected"] and live.score["false_positives"] == 0
     before = _tables(settings)
+    exported = _exports(settings)
+    assert exported == {t: rows for t, rows in before.items() if t in exported}
     assert len(before["recon.variances"]) > 0 and len(before["recon.variance_investigation"]) > 0
 
     # The backfill, with the MES and the worker gone: the newest hour alone, then all 24 hours in
@@ -93,3 +113,4 @@ def test_a_backfill_of_24_past_hours_equals_the_live_runs(settings, topology):
     after = _tables(settings)
     for table in COMPARED:
         assert after[table] == before[table], table
+    assert _exports(settings) == exported

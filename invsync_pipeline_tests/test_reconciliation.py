@@ -360,7 +360,7 @@ def test_a_difference_worth_millions_is_valued_not_an_overflow(tmp_path):
         conn.execute("INSERT INTO snapshots.mes_inventory VALUES (?, 'M1', 'WH01/RM01', 'KG', 0, 0, now(), 'test')",
                      [hour])  # fmt: skip
         conn.execute("INSERT INTO snapshots.erp_materials VALUES ('M1', 'raw', 'KG', 2.5, 'EUR', 'A', now())")
-        conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"partition_hour": hour})
+        conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"first_hour": hour, "last_hour": hour})
         value = conn.execute("SELECT value_difference FROM recon.variances").fetchone()[0]
     finally:
         conn.close()

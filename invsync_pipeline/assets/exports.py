@@ -1,9 +1,14 @@
 """analyst_exports: the hour's tables as Parquet files, so analysts can query while runs write."""
 
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
 import dagster as dg
 
 from invsync_pipeline.assets.corrections import correction_audit_log
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
@@ -38,29 +43,47 @@ def analyst_exports(
     Analysts query these files instead, at any time, from DuckDB, pandas or a BI tool:
     `SELECT * FROM read_parquet('exports/recon.variances/*/*.parquet', hive_partitioning = true)`.
     One folder per table and one per hour (`hour=YYYY-MM-DDTHH`); a re-run replaces the hour's file."""
-    return each_hour(context, lambda key: _analyst_exports_hour(key, context, invsync, warehouse))
+    return each_chunk(context, lambda keys: _analyst_exports_hours(keys, invsync, warehouse))
 
 
-def _analyst_exports_hour(
-    partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+def _analyst_exports_hours(
+    partition_keys: Sequence[str], invsync: InvsyncResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    start, _ = hour_bounds(partition_key)
+    """Exports the consecutive hours ``partition_keys`` (one, or a chunk): one COPY per table,
+    split into the hours' folders by DuckDB, then each file moved into place (a reader sees the
+    old file or the new one, never half of one)."""
+    first, _ = hour_bounds(partition_keys[0])
+    last, _ = hour_bounds(partition_keys[-1])
+    hours = [f"{hour_bounds(key)[0]:%Y-%m-%dT%H}" for key in partition_keys]
     root = invsync.settings().home / "exports"
-    hour = f"hour={start:%Y-%m-%dT%H}"
+    root.mkdir(parents=True, exist_ok=True)
     counts = {}
     with warehouse.connect(read_only=True) as conn:
         for table in EXPORTED_TABLES:
-            folder = root / table / hour
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / "data.parquet"
-            tmp = folder / ".data.parquet.tmp"
-            # COPY takes no bound parameters; the value is a datetime we formatted ourselves.
-            # COPY answers with the number of rows it wrote.
-            counts[table] = conn.execute(
-                f"COPY (SELECT * FROM {table} WHERE partition_hour = TIMESTAMPTZ '{start.isoformat()}') "
-                f"TO '{tmp}' (FORMAT parquet)"
-            ).fetchone()[0]
-            tmp.replace(final)
+            with tempfile.TemporaryDirectory(prefix=".export-", dir=root) as scratch:
+                written = Path(scratch) / "hours"
+                # COPY takes no bound parameters; the values are datetimes we formatted ourselves.
+                # It answers with the number of rows it wrote.
+                counts[table] = conn.execute(
+                    f"COPY (SELECT *, strftime(partition_hour, '%Y-%m-%dT%H') AS hour FROM {table} "
+                    f"WHERE partition_hour BETWEEN TIMESTAMPTZ '{first.isoformat()}' "
+                    f"AND TIMESTAMPTZ '{last.isoformat()}') "
+                    f"TO '{written}' (FORMAT parquet, PARTITION_BY (hour), WRITE_PARTITION_COLUMNS false)"
+                ).fetchone()[0]
+                empty = None
+                for hour in hours:
+                    folder = root / table / f"hour={hour}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    made = sorted((written / f"hour={hour}").glob("*.parquet"))
+                    if len(made) > 1:
+                        raise RuntimeError(f"{table} {hour}: DuckDB wrote {len(made)} files, expected one")
+                    if not made:  # an hour without rows still gets a file, with the table's columns
+                        if empty is None:
+                            empty = Path(scratch) / "empty.parquet"
+                            conn.execute(f"COPY (SELECT * FROM {table} WHERE false) TO '{empty}' (FORMAT parquet)")
+                        made = [Path(scratch) / f"{hour}.parquet"]
+                        shutil.copyfile(empty, made[0])
+                    made[0].replace(folder / "data.parquet")
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(str(root)),

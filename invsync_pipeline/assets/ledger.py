@@ -1,8 +1,10 @@
 """transaction_ledger: the hour's movements summed per material x location x source system."""
 
+from collections.abc import Sequence
+
 import dagster as dg
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
@@ -56,31 +58,31 @@ def transaction_ledger(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     to_location), signed adjustments, the net movement, the last cycle count and the number of
     movements of each kind. This is the "transactions" term of the hourly three-way check:
     beginning balance + net movement - ending balance."""
-    return each_hour(context, lambda key: _transaction_ledger_hour(key, context, warehouse))
+    return each_chunk(context, lambda keys: _transaction_ledger_hours(keys, warehouse))
 
 
-def _transaction_ledger_hour(
-    partition_key: str, context: dg.AssetExecutionContext, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
-    hour_start, _ = hour_bounds(partition_key)
+def _transaction_ledger_hours(partition_keys: Sequence[str], warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The ledger of the consecutive hours ``partition_keys`` (one, or a chunk of a ranged run)."""
+    first, _ = hour_bounds(partition_keys[0])
+    last, _ = hour_bounds(partition_keys[-1])
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM ledger.transaction_ledger WHERE partition_hour = ?", [hour_start])
+        conn.execute("DELETE FROM ledger.transaction_ledger WHERE partition_hour BETWEEN ? AND ?", [first, last])
         conn.execute(
             f"INSERT INTO ledger.transaction_ledger {sql('ledger/transaction_ledger')}",
-            {"partition_hour": hour_start},
+            {"first_hour": first, "last_hour": last},
         )
         rows, movements, net = conn.execute(
             """SELECT count(*), coalesce(sum(transaction_count), 0), coalesce(sum(net_movement), 0)
-               FROM ledger.transaction_ledger WHERE partition_hour = ?""",
-            [hour_start],
+               FROM ledger.transaction_ledger WHERE partition_hour BETWEEN ? AND ?""",
+            [first, last],
         ).fetchone()
         top = conn.execute(
             """SELECT source_system, count(*) AS ledger_rows, sum(receipts), sum(issues),
                       sum(transfers_in), sum(transfers_out), sum(adjustments)
-               FROM ledger.transaction_ledger WHERE partition_hour = ?
+               FROM ledger.transaction_ledger WHERE partition_hour BETWEEN ? AND ?
                GROUP BY ALL ORDER BY 1""",
-            [hour_start],
+            [first, last],
         ).fetchall()
         conn.execute("COMMIT")
     table = "| source | rows | receipts | issues | transfers in | transfers out | adjustments |\n"

@@ -1,11 +1,13 @@
 """inventory_variances and variance_investigation: the hourly three-way check and why it fails."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from itertools import groupby
 
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
+from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk, each_hour
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
@@ -38,38 +40,45 @@ def inventory_variances(
     balances, absolute and in % of the larger, and its value where the ERP knows a unit cost.
     `is_variance` marks every row where anything is off."""
     settings = invsync.settings()
-    return each_hour(context, lambda key: _inventory_variances_hour(key, context, settings, warehouse))
+    return each_chunk(context, lambda keys: _inventory_variances_hours(keys, settings, warehouse))
 
 
-def _inventory_variances_hour(
-    partition_key: str, context: dg.AssetExecutionContext, settings: Settings, warehouse: WarehouseResource
+def _inventory_variances_hours(
+    partition_keys: Sequence[str], settings: Settings, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    start, _ = hour_bounds(partition_key)
-    scope = scope_on(settings, start.date())
+    """The three-way check of the consecutive hours ``partition_keys`` (one, or a chunk)."""
+    first, _ = hour_bounds(partition_keys[0])
+    last, _ = hour_bounds(partition_keys[-1])
+    hours = [hour_bounds(key)[0] for key in partition_keys]
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM recon.variances WHERE partition_hour = ?", [start])
-        conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"partition_hour": start})
+        conn.execute("DELETE FROM recon.variances WHERE partition_hour BETWEEN ? AND ?", [first, last])
+        conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"first_hour": first, "last_hour": last})
         # During a cutover's pilot the event-driven path carries only some material types; the
         # others reach the MES by the batch sync, and reconciling them against the ledger would
         # report every one of them. Materials the ERP does not know stay: they are findings.
-        conn.execute(
-            "DELETE FROM recon.variances WHERE partition_hour = ? AND material_type IS NOT NULL "
-            "AND NOT list_contains(?, material_type)",
-            [start, list(scope)],
-        )
+        # The scope is set per day, so a chunk that spans midnight is cut per day.
+        for day, day_hours in groupby(hours, key=lambda hour: hour.date()):
+            day_hours = list(day_hours)
+            conn.execute(
+                "DELETE FROM recon.variances WHERE partition_hour BETWEEN ? AND ? AND material_type IS NOT NULL "
+                "AND NOT list_contains(?, material_type)",
+                [day_hours[0], day_hours[-1], list(scope_on(settings, day))],
+            )
         rows, variances, value = conn.execute(
             """SELECT count(*), count(*) FILTER (WHERE is_variance), coalesce(sum(value_difference), 0)
-               FROM recon.variances WHERE partition_hour = ?""",
-            [start],
+               FROM recon.variances WHERE partition_hour BETWEEN ? AND ?""",
+            [first, last],
         ).fetchone()
         top = conn.execute(
-            """SELECT material_number, location, unit, erp_end, mes_end, cross_difference, erp_three_way,
-                      mes_three_way, pct_difference
-               FROM recon.variances WHERE partition_hour = ? AND is_variance
+            """SELECT partition_hour, material_number, location, unit, erp_end, mes_end, cross_difference,
+                      erp_three_way, mes_three_way, pct_difference
+               FROM recon.variances WHERE partition_hour BETWEEN ? AND ? AND is_variance
                ORDER BY abs_difference DESC LIMIT 15""",
-            [start],
+            [first, last],
         ).df()
+        if len(partition_keys) == 1:
+            top = top.drop(columns="partition_hour")
         conn.execute("COMMIT")
     accuracy = 100.0 * (rows - variances) / rows if rows else 100.0
     return dg.MaterializeResult(

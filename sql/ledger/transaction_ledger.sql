@@ -1,21 +1,22 @@
--- Builds ledger.transaction_ledger for one hour ($partition_hour) from staging.inventory_events.
+-- Builds ledger.transaction_ledger for the hours $first_hour..$last_hour (one hour, or a chunk of
+-- a ranged run) from staging.inventory_events; every hour on its own.
 WITH events AS (
     SELECT *
     FROM staging.inventory_events
-    WHERE partition_hour = $partition_hour
+    WHERE partition_hour BETWEEN $first_hour AND $last_hour
 ),
 
 -- One row per change of stock at one location: a transfer leaves its location and arrives
 -- at its to_location, so it becomes two movements.
 movements AS (
     SELECT
-        material_number, material_type, location, unit, source_system, target_system, event_time,
+        partition_hour, material_number, material_type, location, unit, source_system, target_system, event_time,
         CASE transaction_type WHEN 'transfer' THEN 'transfer_out' ELSE transaction_type END AS movement,
         quantity
     FROM events
     UNION ALL
     SELECT
-        material_number, material_type, to_location AS location, unit, source_system, target_system,
+        partition_hour, material_number, material_type, to_location AS location, unit, source_system, target_system,
         event_time, 'transfer_in' AS movement, quantity
     FROM events
     WHERE transaction_type = 'transfer'
@@ -23,6 +24,7 @@ movements AS (
 
 per_key AS (
     SELECT
+        partition_hour,
         material_number,
         material_type,
         location,
@@ -48,7 +50,7 @@ per_key AS (
 )
 
 SELECT
-    CAST($partition_hour AS TIMESTAMPTZ) AS partition_hour,
+    partition_hour,
     material_number, material_type, location, unit, source_system, target_system,
     receipts, issues, transfers_in, transfers_out, adjustments,
     receipts - issues + transfers_in - transfers_out + adjustments AS net_movement,

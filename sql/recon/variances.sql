@@ -1,4 +1,5 @@
--- Builds recon.variances for one hour ($partition_hour): per material x location x unit, the
+-- Builds recon.variances for the hours $first_hour..$last_hour (one hour, or a chunk of a ranged
+-- run), every hour on its own: per material x location x unit, the
 -- three-way check of each system (beginning balance + ledger transactions - ending balance)
 -- and the difference between the systems' ending balances.
 -- NOT MATERIALIZED (events, effects, per_system): each is read twice, and computing it again from
@@ -6,20 +7,20 @@
 WITH events AS NOT MATERIALIZED (
     SELECT *
     FROM staging.inventory_events
-    WHERE partition_hour = $partition_hour
+    WHERE partition_hour BETWEEN $first_hour AND $last_hour
 ),
 
 -- Every change of stock at one location. A transfer leaves `location` and arrives at
 -- `to_location`; a cycle count is not a change but the counted balance (is_count).
 effects AS NOT MATERIALIZED (
     SELECT
-        transaction_id, event_time, material_number, location, unit, target_system,
+        partition_hour, transaction_id, event_time, material_number, location, unit, target_system,
         transaction_type = 'cycle_count' AS is_count,
         CASE WHEN transaction_type IN ('issue', 'transfer') THEN -quantity ELSE quantity END AS qty
     FROM events
     UNION ALL
     SELECT
-        transaction_id, event_time, material_number, to_location AS location, unit, target_system,
+        partition_hour, transaction_id, event_time, material_number, to_location AS location, unit, target_system,
         false AS is_count, quantity AS qty
     FROM events
     WHERE transaction_type = 'transfer'
@@ -34,7 +35,7 @@ per_system AS NOT MATERIALIZED (
 ),
 
 last_counts AS (
-    SELECT system, material_number, location, unit,
+    SELECT partition_hour, system, material_number, location, unit,
            arg_max(qty, event_time) AS counted, max(event_time) AS counted_at
     FROM per_system
     WHERE is_count
@@ -43,35 +44,35 @@ last_counts AS (
 
 ledger AS (
     SELECT
-        p.system, p.material_number, p.location, p.unit,
+        p.partition_hour, p.system, p.material_number, p.location, p.unit,
         coalesce(sum(p.qty) FILTER (WHERE NOT p.is_count), 0) AS net_movement,
         any_value(c.counted) AS counted,
         coalesce(sum(p.qty) FILTER (WHERE NOT p.is_count AND p.event_time > c.counted_at), 0) AS net_after_count,
         count(*) AS transactions
     FROM per_system AS p
-    LEFT JOIN last_counts AS c USING (system, material_number, location, unit)
+    LEFT JOIN last_counts AS c USING (partition_hour, system, material_number, location, unit)
     GROUP BY ALL
 ),
 
 erp AS (
-    SELECT * FROM snapshots.erp_inventory WHERE partition_hour = $partition_hour
+    SELECT * FROM snapshots.erp_inventory WHERE partition_hour BETWEEN $first_hour AND $last_hour
 ),
 
 mes AS (
-    SELECT * FROM snapshots.mes_inventory WHERE partition_hour = $partition_hour
+    SELECT * FROM snapshots.mes_inventory WHERE partition_hour BETWEEN $first_hour AND $last_hour
 ),
 
 material_locations AS (
-    SELECT material_number, location, unit FROM erp
+    SELECT partition_hour, material_number, location, unit FROM erp
     UNION
-    SELECT material_number, location, unit FROM mes
+    SELECT partition_hour, material_number, location, unit FROM mes
     UNION
-    SELECT material_number, location, unit FROM ledger
+    SELECT partition_hour, material_number, location, unit FROM ledger
 ),
 
 balances AS (
     SELECT
-        k.material_number, k.location, k.unit,
+        k.partition_hour, k.material_number, k.location, k.unit,
         coalesce(erp.begin_quantity, 0) AS erp_begin,
         coalesce(erp.end_quantity, 0)   AS erp_end,
         coalesce(mes.begin_quantity, 0) AS mes_begin,
@@ -82,11 +83,13 @@ balances AS (
         le.counted AS erp_counted, le.net_after_count AS erp_net_after_count,
         lm.counted AS mes_counted, lm.net_after_count AS mes_net_after_count
     FROM material_locations AS k
-    LEFT JOIN erp USING (material_number, location, unit)
-    LEFT JOIN mes USING (material_number, location, unit)
-    LEFT JOIN ledger AS le ON le.system = 'ERP' AND le.material_number = k.material_number
+    LEFT JOIN erp USING (partition_hour, material_number, location, unit)
+    LEFT JOIN mes USING (partition_hour, material_number, location, unit)
+    LEFT JOIN ledger AS le ON le.system = 'ERP' AND le.partition_hour = k.partition_hour
+        AND le.material_number = k.material_number
         AND le.location = k.location AND le.unit = k.unit
-    LEFT JOIN ledger AS lm ON lm.system = 'MES' AND lm.material_number = k.material_number
+    LEFT JOIN ledger AS lm ON lm.system = 'MES' AND lm.partition_hour = k.partition_hour
+        AND lm.material_number = k.material_number
         AND lm.location = k.location AND lm.unit = k.unit
 ),
 
@@ -114,7 +117,7 @@ checked AS (
 )
 
 SELECT
-    CAST($partition_hour AS TIMESTAMPTZ) AS partition_hour,
+    partition_hour,
     material_number,
     material_type,
     abc_class,

@@ -1,12 +1,15 @@
--- Builds staging.inventory_events for one hour ($partition_hour) from its staged segments ($files).
--- A redelivered message can sit in two segments: the first copy staged wins.
+-- Builds staging.inventory_events for the hours $first_hour..$last_hour (one hour, or a chunk of
+-- a ranged run) from their staged segments: the table `segment_hours` (file, partition_hour)
+-- lists each segment file with the hour whose folder holds it.
+-- Within an hour a redelivered message can sit in two segments: the first copy staged wins.
 -- An id already loaded for another hour is a duplicate too and is left out. That check reads
 -- every id ever staged, so a run over a range of hours turns it off ($check_other_hours false)
 -- and settles such duplicates once for the whole range (staging/cross_hour_duplicates.sql).
 WITH staged AS (
     SELECT
-        *,
-        parse_filename(filename, true) AS segment_id
+        segment_hours.partition_hour,
+        json.*,
+        parse_filename(json.filename, true) AS segment_id
     FROM read_json(
         $files,
         format = 'newline_delimited',
@@ -19,13 +22,14 @@ WITH staged AS (
             movement_type: 'VARCHAR', target_system: 'VARCHAR', received_at: 'VARCHAR',
             routing_key: 'VARCHAR', published_at: 'VARCHAR'
         }
-    )
+    ) AS json
+    JOIN segment_hours ON segment_hours.file = json.filename
 ),
 
 first_copies AS (
     SELECT *
     FROM staged
-    QUALIFY row_number() OVER (PARTITION BY transaction_id ORDER BY segment_id) = 1
+    QUALIFY row_number() OVER (PARTITION BY partition_hour, transaction_id ORDER BY segment_id) = 1
 ),
 
 not_seen_in_other_hours AS (
@@ -33,12 +37,12 @@ not_seen_in_other_hours AS (
     FROM first_copies
     ANTI JOIN (
         SELECT transaction_id FROM staging.inventory_events
-        WHERE $check_other_hours AND partition_hour <> $partition_hour
+        WHERE $check_other_hours AND partition_hour NOT BETWEEN $first_hour AND $last_hour
     ) AS other_hours USING (transaction_id)
 )
 
 SELECT
-    CAST($partition_hour AS TIMESTAMPTZ)    AS partition_hour,
+    CAST(partition_hour AS TIMESTAMPTZ)     AS partition_hour,
     transaction_id,
     CAST("timestamp" AS TIMESTAMPTZ)        AS event_time,
     source_system,
