@@ -293,3 +293,70 @@ def test_go_live_is_refused_until_the_gate_passes(settings, monkeypatch, tmp_pat
     assert "not going live" in result.output and "materialize cutover_comparison" in result.output
     status = CliRunner().invoke(main, ["cutover", "status"])
     assert status.exit_code == 0 and "event-driven path: shadow" in status.output
+
+
+def test_live_mes_bookings_the_shadow_had_not_applied_survive_the_go_live_copy(
+    settings, topology, mes, monkeypatch, tmp_path
+):
+    """Backflushes booked in the live MES that the shadow had not applied when go-live copied it
+    (still queued, or booked after the workers paused) are put back once, and only those."""
+    from invsync_pipeline.contract import parse_event
+    from invsync_pipeline.messaging.outbox import Outbox
+    from invsync_pipeline_tests.factories import event
+
+    settings = _configure(settings, monkeypatch, tmp_path, mes.url, _cutover_dict(ShadowPeriod(days=1)))
+    live_c, shadow_c = mes_client_for(settings, "live"), mes_client_for(settings, "shadow")
+    key = {"material_number": "PK-1", "material_type": "packaging", "unit": "EA", "location": "WH01/PK01"}
+    erp = ErpDatabase.from_settings(settings)
+    erp.create_schema()
+    erp.upsert_material("PK-1", "packaging", "EA")  # go-live copies the types the ERP knows
+    erp.dispose()
+    count = {"transaction_type": "cycle_count", "reason": "physical_inventory", "movement_type": None}
+    opening = parse_event(event(transaction_id="OPEN", quantity="100", timestamp="2025-03-03T00:00:00Z",
+                                **count, **key))  # fmt: skip
+    live_c.post_transaction(opening)
+    shadow_c.post_transaction(opening)
+
+    def book(tx: str, quantity: str):
+        """A backflush booked in the live MES, then published by it, as the reference MES does."""
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        backflush = {"transaction_type": "issue", "reason": "production_consumption", "movement_type": "261"}
+        booked = parse_event(event(transaction_id=tx, source_system="MES", quantity=quantity, timestamp=now,
+                                   **backflush, **key))  # fmt: skip
+        live_c.post_transaction(booked)
+        with Outbox(settings) as outbox:
+            outbox.enqueue([booked])
+            outbox.flush_until_empty(30)
+        return booked
+
+    def stock(client) -> Decimal:
+        return {(r.material_number, r.location): r.quantity for r in client.stock()}[("PK-1", "WH01/PK01")]
+
+    worker = BackgroundWorker(settings, live_c).start()
+    book("BF-APPLIED", "5")  # the shadow applies it before go-live: the copy carries it
+    worker.wait_for(1, 30)
+    worker.stop()
+    queued = book("BF-QUEUED", "7")  # still in the queue at go-live
+    waited = CutoverState.wait_until_paused
+
+    def pause_then_book(self, seq, timeout, alive_within=10.0):
+        paused = waited(self, seq, timeout, alive_within)
+        book("BF-PAUSED", "3")  # booked after the workers paused, before the copy
+        return paused
+
+    monkeypatch.setattr(CutoverState, "wait_until_paused", pause_then_book)
+    switch_to(settings, "live", note="test go-live")
+    assert (stock(shadow_c), stock(live_c)) == (Decimal(95), Decimal(95))  # the copy overwrote both bookings
+    after = book("BF-AFTER", "2")  # booked once live: the path leaves it alone
+
+    worker = BackgroundWorker(settings, live_c).start()
+    worker.wait_for(3, 30)
+    with Outbox(settings) as outbox:  # the MES's publisher sends two of them again
+        outbox.enqueue([queued, after])
+        outbox.flush_until_empty(30)
+    worker.wait_for(5, 30)
+    worker.stop()
+
+    assert stock(live_c) == Decimal(100 - 5 - 7 - 3 - 2)
+    restores = [r for r in live_c.applied_transactions() if "-KEEP-" in r["transaction_id"]]
+    assert sorted(Decimal(r["quantity"]) for r in restores) == [Decimal(-7), Decimal(-3)]

@@ -47,6 +47,11 @@ def _key_hash(key: Key) -> str:
     return hashlib.sha1("|".join(key).encode()).hexdigest()[:16]
 
 
+def copy_id(id_prefix: str, at: datetime, key: Key) -> str:
+    """The transaction_id of the cycle count ``align`` posts for ``key`` at ``at``."""
+    return f"{id_prefix}-{_stamp(at)}-{_key_hash(key)}"
+
+
 def _instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -90,7 +95,7 @@ def align(
             continue
         message = {
             "schema_version": "1",
-            "transaction_id": f"{id_prefix}-{_stamp(at)}-{_key_hash(key)}",
+            "transaction_id": copy_id(id_prefix, at, key),
             "timestamp": _instant(at),
             "source_system": "ERP",
             "material_number": material,

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS switches (
     status       TEXT NOT NULL,   -- switching | done | aborted
     requested_by TEXT NOT NULL,
     note         TEXT,
-    seeded_keys  INTEGER
+    seeded_keys  INTEGER,
+    copied_at    TEXT             -- the instant the copy's cycle counts carry (their ids derive from it)
 );
 CREATE TABLE IF NOT EXISTS workers (
     worker_id  TEXT PRIMARY KEY,
@@ -65,6 +66,7 @@ class Switch:
     requested_by: str
     note: str | None
     seeded_keys: int | None
+    copied_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class CutoverState:
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(switches)")}
+        if "copied_at" not in columns:  # a cutover.sqlite from before the column existed
+            self._db.execute("ALTER TABLE switches ADD COLUMN copied_at TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -100,7 +105,7 @@ class CutoverState:
     def _switches(self, where: str = "", params: tuple = ()) -> list[Switch]:
         rows = self._db.execute(f"SELECT * FROM switches {where} ORDER BY seq", params).fetchall()
         return [
-            Switch(r[0], _instant(r[1]), _instant(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])  # type: ignore[arg-type]
+            Switch(r[0], _instant(r[1]), _instant(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], _instant(r[9]))  # type: ignore[arg-type]
             for r in rows
         ]
 
@@ -143,11 +148,11 @@ class CutoverState:
             raise
         return self._switches("WHERE seq = ?", (cursor.lastrowid,))[0]
 
-    def complete(self, seq: int, seeded_keys: int) -> Switch:
+    def complete(self, seq: int, seeded_keys: int, copied_at: datetime | None = None) -> Switch:
         self._db.execute(
-            "UPDATE switches SET status = 'done', completed_at = ?, seeded_keys = ? "
+            "UPDATE switches SET status = 'done', completed_at = ?, seeded_keys = ?, copied_at = ? "
             "WHERE seq = ? AND status = 'switching'",
-            (_text(datetime.now(UTC)), seeded_keys, seq),
+            (_text(datetime.now(UTC)), seeded_keys, _text(copied_at) if copied_at else None, seq),
         )
         return self._switches("WHERE seq = ?", (seq,))[0]
 

@@ -8,6 +8,12 @@ Each event is therefore applied on exactly one side of the switch: before it in 
 (and carried over by the copy), after it in the new one. A message whose ack was lost at the
 switch is looked up in the old target before it is applied to the new one (worker.py).
 
+One kind of event is not the path's to apply: a backflush (or any movement) booked in the live
+MES itself. In shadow mode the path applies it to the shadow; the live MES has it already. If
+go-live's copy counts a key before the shadow got such a booking (it waited in the queue, or
+was booked after the workers paused), the count overwrote it in the live MES. The worker, on
+meeting that event after go-live, puts back what the count overwrote (``restore_overwritten``).
+
 Rollback is the same switch back to shadow, followed at once by a batch sync run, so the live
 MES is the ERP's copy again, as it was before go-live.
 """
@@ -15,16 +21,19 @@ MES is the ERP's copy again, as it was before go-live.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
-from invsync_pipeline.cutover.batch_sync import align, erp_stock, run_batch_sync
+from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.cutover.batch_sync import align, copy_id, erp_stock, run_batch_sync
 from invsync_pipeline.cutover.scope import scope_on
 from invsync_pipeline.cutover.state import CutoverState, Switch, SwitchRefused
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
+from invsync_pipeline.sources.mes import MesClient, PostResult
 
 log = logging.getLogger("invsync.cutover")
 
@@ -80,7 +89,7 @@ def switch_to(
         except BaseException as exc:
             state.abort(switch.seq, str(exc)[:500])
             raise
-        done = state.complete(switch.seq, seeded.posted)
+        done = state.complete(switch.seq, seeded.posted, copied_at=at)
     log.info("switch %d: event-driven path %s -> %s; %d keys copied", done.seq, done.from_mode, to_mode, seeded.posted)
     batch = run_batch_sync(settings) if to_mode == "shadow" else None
     return SwitchResult(done, paused, seeded.as_dict(), batch)
@@ -103,3 +112,53 @@ def seed_from_erp(
     with mes_client_for(settings, mode) as dest:
         result = align(dest, wanted, types, material_types, at, "SEED", "SEED-FROM-ERP")
     return {"mode": mode, "at": at.isoformat(), "material_types": list(material_types)} | result.as_dict()
+
+
+def restore_overwritten(switch: Switch, event: InventoryEvent, live: MesClient, shadow: MesClient) -> PostResult:
+    """Put back, in the live MES, an MES-originated booking that go-live's copy overwrote.
+
+    ``event`` was booked in the live MES before ``switch`` (a go-live) completed. If the shadow
+    applied it before the switch, the copy carried it over: nothing to do. Otherwise, for each
+    stock key it moved, if the switch's cycle count for that key came after it in the live MES's
+    log (applied_at, then mes_transaction_id), the count replaced its effect: an adjustment with
+    that effect restores it. Ids derive from the switch, the event and the key, so a redelivered
+    event restores nothing twice. Status "restored" when anything was posted, else "skipped"."""
+    tx = event.transaction_id
+    booked = live.find_transaction(tx)
+    if booked is None or shadow.find_transaction(tx) is not None or switch.copied_at is None:
+        return PostResult(booked["mes_transaction_id"] if booked else "", "skipped", tx)
+
+    def order(record: dict) -> tuple[str, str]:
+        return record["applied_at"], record["mes_transaction_id"]
+
+    restored = 0
+    for moved in booked.get("movements", []):
+        key = (moved["material_number"], moved["location"], moved["unit"])
+        count = live.find_transaction(copy_id(f"CUTOVER{switch.seq}", switch.copied_at, key))
+        effect = Decimal(moved["after"]) - Decimal(moved["before"])
+        if (
+            count is None
+            or count.get("transaction_type") != "cycle_count"
+            or order(count) < order(booked)
+            or not effect
+        ):
+            continue
+        digest = hashlib.sha1(f"{tx}|{'|'.join(key)}".encode()).hexdigest()[:16]
+        restore = parse_event({
+            "schema_version": "1",
+            "transaction_id": f"CUTOVER{switch.seq}-KEEP-{digest}",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "source_system": "MES",
+            "material_number": key[0],
+            "material_type": event.material_type,
+            "unit": key[2],
+            "location": key[1],
+            "transaction_type": "adjustment",
+            "reason": "correction",
+            "quantity": format(effect, "f"),
+            "erp_reference": f"CUTOVER-{switch.seq}",
+        })  # fmt: skip
+        live.post_transaction(restore)
+        restored += 1
+        log.warning("switch %d: %s was overwritten by the go-live copy of %s; restored %s", switch.seq, tx, key, effect)
+    return PostResult(booked["mes_transaction_id"], "restored" if restored else "skipped", tx)

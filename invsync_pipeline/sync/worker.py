@@ -33,8 +33,8 @@ import pika.exceptions
 
 from invsync_pipeline.contract import PUBLISHED_MS_HEADER, ContractViolation, InventoryEvent, parse_event
 from invsync_pipeline.cutover.scope import in_scope
-from invsync_pipeline.cutover.state import CutoverState
-from invsync_pipeline.cutover.switch import mes_client_for
+from invsync_pipeline.cutover.state import CutoverState, Switch
+from invsync_pipeline.cutover.switch import mes_client_for, restore_overwritten
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.retry import publish_failure, retries_so_far
 from invsync_pipeline.messaging.topology import apply_topology
@@ -97,6 +97,7 @@ class _Job:
     target: MesClient
     earlier: MesClient | None = None  # the pre-switch target, for events older than the last switch
     future: Future | None = None
+    restore_after: Switch | None = None  # a live-MES booking older than this go-live: see restore_overwritten
 
 
 class SyncWorker:
@@ -280,6 +281,14 @@ class SyncWorker:
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
         mode = self._mode.mode
+        if (go_live := self._go_live_overwrote(event)) is not None and self.sync_log.seen(event.transaction_id) is None:
+            # Booked in the live MES before go-live and maybe overwritten by its copy: the pool
+            # thread looks and puts back what the copy took (cutover/switch.py).
+            job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, self.targets["live"],
+                       self.targets["shadow"], restore_after=go_live)  # fmt: skip
+            self._inflight[job.tag] = job
+            job.future = self._pool.submit(self._call_mes, job, self._conn)
+            return
         if (
             (event.source_system == "MES" and mode == "live")
             or (event.source_system == "RECON" and event.target_system == "ERP")
@@ -297,6 +306,21 @@ class SyncWorker:
         self._inflight[job.tag] = job
         job.future = self._pool.submit(self._call_mes, job, self._conn)
 
+    def _go_live_overwrote(self, event: InventoryEvent) -> Switch | None:
+        """The go-live whose copy may have overwritten this live-MES booking, if any."""
+        last = self._mode.last
+        if (
+            event.source_system != "MES"
+            or self._mode.mode != "live"
+            or last is None
+            or last.from_mode != "shadow"
+            or last.completed_at is None
+            or event.timestamp >= last.completed_at
+            or not in_scope(self.settings, event.material_type, last.completed_at)
+        ):
+            return None
+        return last
+
     def _before_switch_target(self, event: InventoryEvent) -> MesClient | None:
         """The MES the path wrote before the last switch, for an event older than that switch."""
         last = self._mode.last
@@ -307,10 +331,15 @@ class SyncWorker:
     def _call_mes(self, job: _Job, conn: pika.BlockingConnection) -> None:
         """Pool thread: the MES call. Never touches the channel; hands the outcome back."""
         try:
-            earlier = job.earlier.find_transaction(job.event.transaction_id) if job.earlier is not None else None
-            if earlier is not None:
+            outcome: Any
+            if job.restore_after is not None and job.earlier is not None:
+                outcome = restore_overwritten(job.restore_after, job.event, job.target, job.earlier)
+            elif (
+                job.earlier is not None
+                and (earlier := job.earlier.find_transaction(job.event.transaction_id)) is not None
+            ):
                 # Applied before the switch (its ack was lost then); the switch's copy carried it over.
-                outcome: Any = PostResult(earlier["mes_transaction_id"], "duplicate", job.event.transaction_id)
+                outcome = PostResult(earlier["mes_transaction_id"], "duplicate", job.event.transaction_id)
             else:
                 outcome = job.target.post_transaction(job.event)
         except (MesUnavailable, MesRejected, MesAuthError) as exc:
