@@ -10,6 +10,8 @@ extrapolated to the range.
     .venv/bin/python bench/backfill.py [--hours 504] [--material-locations 50000]
         [--events-per-hour 100000] [--home DIR] [--reuse]
 
+INVSYNC_DUCKDB_MEMORY_LIMIT (e.g. 4GB) caps DuckDB's memory as in production settings.
+
 Prints one JSON line last: {"partitions", "seconds", "per_partition_s", ...}.
 """
 
@@ -95,7 +97,8 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps({
         "material_locations": args.material_locations, "events_per_hour": args.events_per_hour, **figures,
-        "peak_rss_mb": peak_mb, "baseline_per_partition_run_s": round(per_run, 3),
+        "peak_rss_mb": peak_mb, "duckdb_memory_limit": settings.duckdb.memory_limit or "default",
+        "baseline_per_partition_run_s": round(per_run, 3),
         "baseline_extrapolated_s": round(per_run * len(keys), 1),
         "partitions": len(keys), "seconds": round(seconds, 1), "per_partition_s": round(seconds / len(keys), 3),
     }))  # fmt: skip

@@ -50,7 +50,7 @@ class WarehouseResource(dg.ConfigurableResource):
                 yield conn
             return
         if self._run_conn is None:
-            self._run_conn = connect_warehouse(self.resolved_path())
+            self._run_conn = connect_warehouse(self.resolved_path(), memory_limit=load_settings().duckdb.memory_limit)
         try:
             yield self._run_conn
         except BaseException:

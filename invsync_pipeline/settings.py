@@ -83,6 +83,12 @@ class StagingSettings(_Strict):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
 
 
+class DuckDBSettings(_Strict):
+    # DuckDB's own default is 80% of the machine's RAM. On a machine shared with the Dagster
+    # webserver and daemon, cap it (e.g. "4GB"); larger work spills to disk next to the file.
+    memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B)$")
+
+
 class OutboxSettings(_Strict):
     # 2 h of peak traffic at 100 events/s, the sizing rule in the foundation issue.
     capacity_events: int = Field(default=720_000, gt=0)
@@ -183,6 +189,7 @@ class Settings(_Strict):
     topology: TopologySettings = TopologySettings()
     staging: StagingSettings = StagingSettings()
     outbox: OutboxSettings = OutboxSettings()
+    duckdb: DuckDBSettings = DuckDBSettings()
     mes: MesSettings = MesSettings()
     erp: ErpSettings = ErpSettings()
     sync: SyncSettings = SyncSettings()
@@ -247,6 +254,8 @@ def load_settings(config_path: str | Path | None = None, **overrides: object) ->
         raw.setdefault("mes", {})["base_url"] = mes_url
     if erp_url := os.environ.get("INVSYNC_ERP_URL"):
         raw.setdefault("erp", {})["url"] = erp_url
+    if memory_limit := os.environ.get("INVSYNC_DUCKDB_MEMORY_LIMIT"):
+        raw.setdefault("duckdb", {})["memory_limit"] = memory_limit
     raw.update(overrides)
     try:
         return Settings.model_validate(raw)

@@ -42,13 +42,16 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute((SQL_DIR / "schema" / name).read_text())
 
 
-def connect_warehouse(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-write connection with UTC as its time zone and the schema in place; close it yourself."""
+def connect_warehouse(path: str | Path, *, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-write connection with UTC as its time zone and the schema in place; close it yourself.
+    ``memory_limit`` caps DuckDB's memory (settings ``duckdb.memory_limit``); None keeps its default."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = duckdb.connect(str(path))
     try:
         conn.execute("SET TimeZone = 'UTC'")
+        if memory_limit:
+            conn.execute(f"SET memory_limit = '{memory_limit}'")  # validated by settings: digits and a unit
         ensure_schema(conn)
     except BaseException:
         conn.close()
