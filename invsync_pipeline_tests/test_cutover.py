@@ -299,7 +299,8 @@ def test_live_mes_bookings_the_shadow_had_not_applied_survive_the_go_live_copy(
     settings, topology, mes, monkeypatch, tmp_path
 ):
     """Backflushes booked in the live MES that the shadow had not applied when go-live copied it
-    (still queued, or booked after the workers paused) are put back once, and only those."""
+    (still queued, or booked after the workers paused) are put back once, and only those: not one
+    the shadow applied, nor one a seed carried into the shadow, nor one booked after go-live."""
     from invsync_pipeline.contract import parse_event
     from invsync_pipeline.messaging.outbox import Outbox
     from invsync_pipeline_tests.factories import event
@@ -317,21 +318,28 @@ def test_live_mes_bookings_the_shadow_had_not_applied_survive_the_go_live_copy(
     live_c.post_transaction(opening)
     shadow_c.post_transaction(opening)
 
-    def book(tx: str, quantity: str):
+    def book(tx: str, quantity: str, publish: bool = True):
         """A backflush booked in the live MES, then published by it, as the reference MES does."""
         now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         backflush = {"transaction_type": "issue", "reason": "production_consumption", "movement_type": "261"}
         booked = parse_event(event(transaction_id=tx, source_system="MES", quantity=quantity, timestamp=now,
                                    **backflush, **key))  # fmt: skip
         live_c.post_transaction(booked)
-        with Outbox(settings) as outbox:
-            outbox.enqueue([booked])
-            outbox.flush_until_empty(30)
+        if publish:
+            with Outbox(settings) as outbox:
+                outbox.enqueue([booked])
+                outbox.flush_until_empty(30)
         return booked
 
     def stock(client) -> Decimal:
         return {(r.material_number, r.location): r.quantity for r in client.stock()}[("PK-1", "WH01/PK01")]
 
+    old = book("BF-OLD", "4", publish=False)  # its message is held up (parked, say) ...
+    seeded_at = datetime.now(UTC)  # ... and a seed of the shadow carries its effect
+    shadow_c.post_transaction(parse_event(event(transaction_id="SEED-1", quantity="96",
+                                                timestamp=seeded_at.isoformat(), **count, **key)))  # fmt: skip
+    with CutoverState(settings) as state:
+        state.record_seed("shadow", seeded_at, ("packaging",), "test")
     worker = BackgroundWorker(settings, live_c).start()
     book("BF-APPLIED", "5")  # the shadow applies it before go-live: the copy carries it
     worker.wait_for(1, 30)
@@ -346,17 +354,17 @@ def test_live_mes_bookings_the_shadow_had_not_applied_survive_the_go_live_copy(
 
     monkeypatch.setattr(CutoverState, "wait_until_paused", pause_then_book)
     switch_to(settings, "live", note="test go-live")
-    assert (stock(shadow_c), stock(live_c)) == (Decimal(95), Decimal(95))  # the copy overwrote both bookings
+    assert (stock(shadow_c), stock(live_c)) == (Decimal(91), Decimal(91))  # the copy overwrote two bookings
     after = book("BF-AFTER", "2")  # booked once live: the path leaves it alone
 
     worker = BackgroundWorker(settings, live_c).start()
     worker.wait_for(3, 30)
-    with Outbox(settings) as outbox:  # the MES's publisher sends two of them again
-        outbox.enqueue([queued, after])
+    with Outbox(settings) as outbox:  # the held-up one comes at last; two others come again
+        outbox.enqueue([old, queued, after])
         outbox.flush_until_empty(30)
-    worker.wait_for(5, 30)
+    worker.wait_for(6, 30)
     worker.stop()
 
-    assert stock(live_c) == Decimal(100 - 5 - 7 - 3 - 2)
+    assert stock(live_c) == Decimal(100 - 4 - 5 - 7 - 3 - 2)
     restores = [r for r in live_c.applied_transactions() if "-KEEP-" in r["transaction_id"]]
     assert sorted(Decimal(r["quantity"]) for r in restores) == [Decimal(-7), Decimal(-3)]

@@ -365,3 +365,29 @@ def test_a_difference_worth_millions_is_valued_not_an_overflow(tmp_path):
     finally:
         conn.close()
     assert value == 1_250_000
+
+
+def test_a_chunk_across_midnight_keeps_each_days_pilot_scope(tmp_path):
+    """A ranged run checks many hours in one statement; the pilot scope still applies per day."""
+    from invsync_pipeline.assets.variances import _inventory_variances_hours
+    from invsync_pipeline.settings import load_settings
+
+    settings = load_settings(
+        home=str(tmp_path),
+        cutover={"pilot": [{"since": "2025-03-03", "material_types": ["mro"]},
+                           {"since": "2025-03-04", "material_types": ["mro", "raw"]}]},
+    )  # fmt: skip
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"))
+    hours = [datetime(2025, 3, 3, 22, tzinfo=UTC) + timedelta(hours=h) for h in range(4)]  # 22:00 .. 01:00
+    with warehouse.connect() as conn:
+        conn.execute("INSERT INTO snapshots.erp_materials VALUES ('M-RAW', 'raw', 'KG', 1, 'EUR', 'A', now()), "
+                     "('M-MRO', 'mro', 'EA', 1, 'EUR', 'C', now())")  # fmt: skip
+        for hour in hours:
+            conn.execute("INSERT INTO snapshots.erp_inventory VALUES (?, 'M-RAW', 'raw', 'WH01/RM01', 'KG', 5, 5, "
+                         "now(), 'test'), (?, 'M-MRO', 'mro', 'WH01/MR01', 'EA', 1, 1, now(), 'test')",
+                         [hour, hour])  # fmt: skip
+    _inventory_variances_hours([f"{hour:%Y-%m-%d-%H:%M}" for hour in hours], settings, warehouse)
+    with warehouse.connect() as conn:
+        rows = conn.execute("SELECT hour(partition_hour), list(material_type ORDER BY material_type) "
+                            "FROM recon.variances GROUP BY ALL ORDER BY min(partition_hour)").fetchall()  # fmt: skip
+    assert rows == [(22, ["mro"]), (23, ["mro"]), (0, ["mro", "raw"]), (1, ["mro", "raw"])]

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from invsync_pipeline.assets.corrections import correction_audit_log
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk
+from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
@@ -52,11 +52,14 @@ def _analyst_exports_hours(
     """Exports the consecutive hours ``partition_keys`` (one, or a chunk): one COPY per table,
     split into the hours' folders by DuckDB, then each file moved into place (a reader sees the
     old file or the new one, never half of one)."""
-    first, _ = hour_bounds(partition_keys[0])
-    last, _ = hour_bounds(partition_keys[-1])
+    first, last = chunk_bounds(partition_keys)
     hours = [f"{hour_bounds(key)[0]:%Y-%m-%dT%H}" for key in partition_keys]
     root = invsync.settings().home / "exports"
     root.mkdir(parents=True, exist_ok=True)
+    # Scratch folders of a run that was killed mid-export (runs that export never overlap: the
+    # DuckDB writer pool lets one run at a time).
+    for stale in root.glob(".export-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     counts = {}
     with warehouse.connect(read_only=True) as conn:
         for table in EXPORTED_TABLES:
@@ -70,20 +73,20 @@ def _analyst_exports_hours(
                     f"AND TIMESTAMPTZ '{last.isoformat()}') "
                     f"TO '{written}' (FORMAT parquet, PARTITION_BY (hour), WRITE_PARTITION_COLUMNS false)"
                 ).fetchone()[0]
-                empty = None
-                for hour in hours:
+                files = {hour: sorted((written / f"hour={hour}").glob("*.parquet")) for hour in hours}
+                if many := {hour: len(made) for hour, made in files.items() if len(made) > 1}:
+                    raise RuntimeError(f"{table}: DuckDB wrote more than one file for an hour {many}; nothing replaced")
+                if any(not made for made in files.values()):
+                    # An hour without rows still gets a file, with the table's columns.
+                    empty = Path(scratch) / "empty.parquet"
+                    conn.execute(f"COPY (SELECT * FROM {table} WHERE false) TO '{empty}' (FORMAT parquet)")
+                    for hour in (hour for hour, made in files.items() if not made):
+                        files[hour] = [Path(scratch) / f"{hour}.parquet"]
+                        shutil.copyfile(empty, files[hour][0])
+                for hour, (made,) in files.items():
                     folder = root / table / f"hour={hour}"
                     folder.mkdir(parents=True, exist_ok=True)
-                    made = sorted((written / f"hour={hour}").glob("*.parquet"))
-                    if len(made) > 1:
-                        raise RuntimeError(f"{table} {hour}: DuckDB wrote {len(made)} files, expected one")
-                    if not made:  # an hour without rows still gets a file, with the table's columns
-                        if empty is None:
-                            empty = Path(scratch) / "empty.parquet"
-                            conn.execute(f"COPY (SELECT * FROM {table} WHERE false) TO '{empty}' (FORMAT parquet)")
-                        made = [Path(scratch) / f"{hour}.parquet"]
-                        shutil.copyfile(empty, made[0])
-                    made[0].replace(folder / "data.parquet")
+                    made.replace(folder / "data.parquet")
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(str(root)),

@@ -4,9 +4,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk
+from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
-from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import WarehouseResource
 from invsync_pipeline.warehouse import sql
@@ -63,8 +62,7 @@ def transaction_ledger(context: dg.AssetExecutionContext, warehouse: WarehouseRe
 
 def _transaction_ledger_hours(partition_keys: Sequence[str], warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The ledger of the consecutive hours ``partition_keys`` (one, or a chunk of a ranged run)."""
-    first, _ = hour_bounds(partition_keys[0])
-    last, _ = hour_bounds(partition_keys[-1])
+    first, last = chunk_bounds(partition_keys)
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
         conn.execute("DELETE FROM ledger.transaction_ledger WHERE partition_hour BETWEEN ? AND ?", [first, last])

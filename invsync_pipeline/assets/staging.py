@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk
+from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
 from invsync_pipeline.messaging.staged_log import StagedEventLog, hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
@@ -63,8 +63,7 @@ def staged_inventory_events(
     result = each_chunk(
         context, lambda chunk: _stage_hours(chunk, context, invsync, warehouse, check_other_hours=False)
     )
-    first, _ = hour_bounds(keys[0])
-    last, _ = hour_bounds(keys[-1])
+    first, last = chunk_bounds(keys)
     with warehouse.connect() as conn:
         dropped = conn.execute(
             sql("staging/cross_hour_duplicates"), {"first_hour": first, "last_hour": last}
@@ -81,8 +80,7 @@ def _stage_hours(
     check_other_hours: bool,
 ) -> dg.MaterializeResult:
     """Stages the consecutive hours ``partition_keys`` (one, or a chunk of a ranged run)."""
-    first, _ = hour_bounds(partition_keys[0])
-    last, _ = hour_bounds(partition_keys[-1])
+    first, last = chunk_bounds(partition_keys)
     staged_log = StagedEventLog(invsync.settings().staged_dir)
     segment_hours = pd.DataFrame(
         [(str(path), hour_bounds(key)[0]) for key in partition_keys for path in staged_log.segments(key)],

@@ -7,7 +7,7 @@ from itertools import groupby
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_chunk, each_hour
+from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk, each_hour
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
@@ -47,8 +47,7 @@ def _inventory_variances_hours(
     partition_keys: Sequence[str], settings: Settings, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """The three-way check of the consecutive hours ``partition_keys`` (one, or a chunk)."""
-    first, _ = hour_bounds(partition_keys[0])
-    last, _ = hour_bounds(partition_keys[-1])
+    first, last = chunk_bounds(partition_keys)
     hours = [hour_bounds(key)[0] for key in partition_keys]
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS switches (
     seeded_keys  INTEGER,
     copied_at    TEXT             -- the instant the copy's cycle counts carry (their ids derive from it)
 );
+CREATE TABLE IF NOT EXISTS seeds (
+    at            TEXT NOT NULL,  -- the instant the seeded stock is of
+    mode          TEXT NOT NULL,  -- the MES seeded: shadow | live
+    material_types TEXT NOT NULL,
+    seeded_by     TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS workers (
     worker_id  TEXT PRIMARY KEY,
     host       TEXT NOT NULL,
@@ -90,7 +96,11 @@ class CutoverState:
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(switches)")}
         if "copied_at" not in columns:  # a cutover.sqlite from before the column existed
-            self._db.execute("ALTER TABLE switches ADD COLUMN copied_at TEXT")
+            try:
+                self._db.execute("ALTER TABLE switches ADD COLUMN copied_at TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         self._db.close()
@@ -122,6 +132,19 @@ class CutoverState:
 
     def history(self) -> list[Switch]:
         return self._switches()
+
+    def last_copy_into(self, mode: str, before: datetime) -> datetime | None:
+        """The newest instant, before ``before``, whose stock was copied into the ``mode`` MES
+        wholesale: a switch to ``mode`` (its copy) or a seed of it."""
+        copies = [s.copied_at for s in self._switches("WHERE status = 'done' AND to_mode = ?", (mode,))
+                  if s.copied_at is not None and s.copied_at < before]  # fmt: skip
+        seeds = self._db.execute("SELECT at FROM seeds WHERE mode = ?", (mode,)).fetchall()
+        copies += [at for (text,) in seeds if (at := _instant(text)) is not None and at < before]
+        return max(copies, default=None)
+
+    def record_seed(self, mode: str, at: datetime, material_types: tuple[str, ...], seeded_by: str) -> None:
+        row = (_text(at), mode, ",".join(material_types), seeded_by)
+        self._db.execute("INSERT INTO seeds VALUES (?, ?, ?, ?)", row)
 
     # --- switching ------------------------------------------------------------------------------
     def begin(self, to_mode: str, requested_by: str, note: str | None = None) -> Switch:

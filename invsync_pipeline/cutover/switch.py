@@ -111,21 +111,33 @@ def seed_from_erp(
         erp.dispose()
     with mes_client_for(settings, mode) as dest:
         result = align(dest, wanted, types, material_types, at, "SEED", "SEED-FROM-ERP")
+    with CutoverState(settings) as state:  # a booking older than a seed is in it (restore_overwritten)
+        state.record_seed(mode, at, tuple(material_types), getpass.getuser())
     return {"mode": mode, "at": at.isoformat(), "material_types": list(material_types)} | result.as_dict()
 
 
-def restore_overwritten(switch: Switch, event: InventoryEvent, live: MesClient, shadow: MesClient) -> PostResult:
-    """Put back, in the live MES, an MES-originated booking that go-live's copy overwrote.
+def restore_overwritten(
+    switch: Switch, event: InventoryEvent, live: MesClient, shadow: MesClient, since: datetime | None
+) -> PostResult:
+    """Put back, in the live MES, a booking of its own that go-live's copy overwrote.
 
-    ``event`` was booked in the live MES before ``switch`` (a go-live) completed. If the shadow
-    applied it before the switch, the copy carried it over: nothing to do. Otherwise, for each
-    stock key it moved, if the switch's cycle count for that key came after it in the live MES's
-    log (applied_at, then mes_transaction_id), the count replaced its effect: an adjustment with
-    that effect restores it. Ids derive from the switch, the event and the key, so a redelivered
-    event restores nothing twice. Status "restored" when anything was posted, else "skipped"."""
+    ``event`` was booked in the live MES before ``switch`` (a go-live) completed, and after
+    ``since``, the last time the shadow got a wholesale copy (a rollback's copy or a seed: a
+    booking older than that reached the shadow with it). If the shadow applied it, the copy
+    carried it over: nothing to do. Otherwise, for each stock key it moved, if the switch's
+    cycle count for that key came after it in the live MES's log (applied_at, then
+    mes_transaction_id), the count replaced its effect, and a correction of the MES restores it.
+    The correction is written straight to the MES, as the copy's counts are, with an id from
+    the switch, the event and the key (``CUTOVER<n>-KEEP-…``), so a redelivered event restores
+    nothing twice. Status "restored" when the MES applied a correction, else "skipped"."""
     tx = event.transaction_id
     booked = live.find_transaction(tx)
-    if booked is None or shadow.find_transaction(tx) is not None or switch.copied_at is None:
+    if (
+        booked is None
+        or switch.copied_at is None
+        or (since is not None and event.timestamp < since)
+        or shadow.find_transaction(tx) is not None
+    ):
         return PostResult(booked["mes_transaction_id"] if booked else "", "skipped", tx)
 
     def order(record: dict) -> tuple[str, str]:
@@ -136,19 +148,17 @@ def restore_overwritten(switch: Switch, event: InventoryEvent, live: MesClient, 
         key = (moved["material_number"], moved["location"], moved["unit"])
         count = live.find_transaction(copy_id(f"CUTOVER{switch.seq}", switch.copied_at, key))
         effect = Decimal(moved["after"]) - Decimal(moved["before"])
-        if (
-            count is None
-            or count.get("transaction_type") != "cycle_count"
-            or order(count) < order(booked)
-            or not effect
-        ):
+        if count is None or count.get("transaction_type") != "cycle_count" or order(count) < order(booked):
+            continue  # no count for the key, or it came first: the booking stands
+        if not effect:
             continue
         digest = hashlib.sha1(f"{tx}|{'|'.join(key)}".encode()).hexdigest()[:16]
         restore = parse_event({
             "schema_version": "1",
             "transaction_id": f"CUTOVER{switch.seq}-KEEP-{digest}",
             "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "source_system": "MES",
+            "source_system": "RECON",
+            "target_system": "MES",
             "material_number": key[0],
             "material_type": event.material_type,
             "unit": key[2],
@@ -158,7 +168,8 @@ def restore_overwritten(switch: Switch, event: InventoryEvent, live: MesClient, 
             "quantity": format(effect, "f"),
             "erp_reference": f"CUTOVER-{switch.seq}",
         })  # fmt: skip
-        live.post_transaction(restore)
-        restored += 1
-        log.warning("switch %d: %s was overwritten by the go-live copy of %s; restored %s", switch.seq, tx, key, effect)
+        if live.post_transaction(restore).status == "applied":
+            restored += 1
+            log.warning("switch %d: the go-live copy overwrote %s at %s; restored %s as %s",
+                        switch.seq, tx, key, effect, restore.transaction_id)  # fmt: skip
     return PostResult(booked["mes_transaction_id"], "restored" if restored else "skipped", tx)

@@ -85,7 +85,7 @@ class BackgroundWorker:
     def handled(self) -> int:
         """Messages the worker finished with: applied, duplicate, skipped or parked."""
         s = self.worker.stats
-        return s.applied + s.duplicates + s.skipped + s.parked
+        return s.applied + s.duplicates + s.skipped + s.restored + s.parked
 
     def start(self) -> BackgroundWorker:
         self._thread.start()

@@ -16,7 +16,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_log (
     transaction_id     TEXT PRIMARY KEY,
     mes_transaction_id TEXT,
-    status             TEXT NOT NULL,      -- applied | duplicate | not_applicable | skipped
+    status             TEXT NOT NULL,      -- applied | duplicate | not_applicable | skipped | restored
     queue              TEXT NOT NULL,
     published_ms       INTEGER,            -- publisher clock, from x-invsync-published-ms
     delivered_ms       INTEGER NOT NULL,   -- when the worker received it
@@ -61,16 +61,16 @@ class SyncLog:
         self._pending: list[tuple] = []
 
     def seen(self, transaction_id: str) -> str | None:
-        """The MES id if this transaction was applied (or found duplicate) before."""
+        """The MES id if this transaction was applied (or found duplicate, or restored) before."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT mes_transaction_id FROM sync_log"
-                " WHERE transaction_id = ? AND status IN ('applied', 'duplicate')",
+                " WHERE transaction_id = ? AND status IN ('applied', 'duplicate', 'restored')",
                 (transaction_id,),
             ).fetchone()
             if row is None:
                 for pending in self._pending:
-                    if pending[0] == transaction_id and pending[2] in ("applied", "duplicate"):
+                    if pending[0] == transaction_id and pending[2] in ("applied", "duplicate", "restored"):
                         return pending[1]
         return row[0] if row else None
 

@@ -81,6 +81,7 @@ class WorkerStats:
     applied: int = 0
     duplicates: int = 0
     skipped: int = 0
+    restored: int = 0  # live-MES bookings put back after go-live's copy (cutover/switch.py)
     retried: int = 0
     parked: int = 0
     by_queue: dict[str, int] = field(default_factory=dict)
@@ -333,7 +334,9 @@ class SyncWorker:
         try:
             outcome: Any
             if job.restore_after is not None and job.earlier is not None:
-                outcome = restore_overwritten(job.restore_after, job.event, job.target, job.earlier)
+                with CutoverState(self.settings) as state:
+                    since = state.last_copy_into("shadow", before=job.restore_after.requested_at)
+                outcome = restore_overwritten(job.restore_after, job.event, job.target, job.earlier, since)
             elif (
                 job.earlier is not None
                 and (earlier := job.earlier.find_transaction(job.event.transaction_id)) is not None
@@ -396,6 +399,8 @@ class SyncWorker:
             self.stats.applied += 1
         elif status == "duplicate":
             self.stats.duplicates += 1
+        elif status == "restored":
+            self.stats.restored += 1
         else:
             self.stats.skipped += 1
         self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
