@@ -46,6 +46,15 @@ def mes(settings):
     running.stop()
 
 
+def _erp_knowing(settings, materials) -> ErpDatabase:
+    """The ERP tables with these (material, type) in the material master."""
+    erp = ErpDatabase.from_settings(settings)
+    erp.create_schema()
+    for material, material_type in materials:
+        erp.upsert_material(material, material_type, "KG" if material_type == "raw" else "EA")
+    return erp
+
+
 def _cutover_dict(period: ShadowPeriod, **extra) -> dict:
     return {
         "initial_mode": "shadow",
@@ -138,11 +147,8 @@ def test_go_live_and_rollback_apply_every_event_once_across_the_switch(settings,
 
     period = ShadowPeriod(days=1, widen_day=None, fix_day=0, start=datetime(2025, 3, 3, tzinfo=UTC))
     settings = _configure(settings, monkeypatch, tmp_path, mes.url, _cutover_dict(period))
-    erp = ErpDatabase.from_settings(settings)
-    erp.create_schema()
     plant = _Plant(period)
-    for material, material_type in plant.materials:
-        erp.upsert_material(material, material_type, "KG" if material_type == "raw" else "EA")
+    erp = _erp_knowing(settings, plant.materials)
     worker = BackgroundWorker(settings, mes_client_for(settings, "live")).start()
     sent: list = []
     errors: list = []
@@ -223,11 +229,8 @@ def test_the_batch_sync_copies_erp_stock_once_and_only_outside_the_scope_once_li
 
     period = ShadowPeriod(days=1, widen_day=None)
     settings = _configure(settings, monkeypatch, tmp_path, mes.url, _cutover_dict(period))
-    erp = ErpDatabase.from_settings(settings)
-    erp.create_schema()
     plant = _Plant(period)
-    for material, material_type in plant.materials:
-        erp.upsert_material(material, material_type, "KG" if material_type == "raw" else "EA")
+    erp = _erp_knowing(settings, plant.materials)
     for event in plant.opening(period.start):
         erp.post(event)
     at = period.start + timedelta(hours=2)
@@ -308,10 +311,7 @@ def test_live_mes_bookings_the_shadow_had_not_applied_survive_the_go_live_copy(
     settings = _configure(settings, monkeypatch, tmp_path, mes.url, _cutover_dict(ShadowPeriod(days=1)))
     live_c, shadow_c = mes_client_for(settings, "live"), mes_client_for(settings, "shadow")
     key = {"material_number": "PK-1", "material_type": "packaging", "unit": "EA", "location": "WH01/PK01"}
-    erp = ErpDatabase.from_settings(settings)
-    erp.create_schema()
-    erp.upsert_material("PK-1", "packaging", "EA")  # go-live copies the types the ERP knows
-    erp.dispose()
+    _erp_knowing(settings, [("PK-1", "packaging")]).dispose()  # go-live copies the types the ERP knows
     count = {"transaction_type": "cycle_count", "reason": "physical_inventory", "movement_type": None}
     opening = parse_event(event(transaction_id="OPEN", quantity="100", timestamp="2025-03-03T00:00:00Z",
                                 **count, **key))  # fmt: skip

@@ -43,16 +43,18 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
 
 
-def _key_hash(key: Key) -> str:
+def key_hash(key: tuple[str, ...]) -> str:
+    """A short stable hash of a key, for deterministic transaction ids."""
     return hashlib.sha1("|".join(key).encode()).hexdigest()[:16]
 
 
 def copy_id(id_prefix: str, at: datetime, key: Key) -> str:
     """The transaction_id of the cycle count ``align`` posts for ``key`` at ``at``."""
-    return f"{id_prefix}-{_stamp(at)}-{_key_hash(key)}"
+    return f"{id_prefix}-{_stamp(at)}-{key_hash(key)}"
 
 
-def _instant(moment: datetime) -> str:
+def instant_text(moment: datetime) -> str:
+    """``moment`` as the contract writes a timestamp (UTC, microseconds, Z)."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -96,7 +98,7 @@ def align(
         message = {
             "schema_version": "1",
             "transaction_id": copy_id(id_prefix, at, key),
-            "timestamp": _instant(at),
+            "timestamp": instant_text(at),
             "source_system": "ERP",
             "material_number": material,
             "material_type": material_type,
@@ -155,7 +157,7 @@ def run_batch_sync(
     with CutoverState(settings) as state:
         mode = state.current().mode
     types = batch_types(settings, mode, at)
-    summary: dict[str, object] = {"at": _instant(at), "mode": mode, "material_types": list(types)}
+    summary: dict[str, object] = {"at": instant_text(at), "mode": mode, "material_types": list(types)}
     if not types:
         return summary | {"skipped": "the event-driven path is live for every material type"}
     own_erp, own_live = erp is None, live is None

@@ -21,14 +21,13 @@ MES is the ERP's copy again, as it was before go-live.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from invsync_pipeline.contract import InventoryEvent, parse_event
-from invsync_pipeline.cutover.batch_sync import align, copy_id, erp_stock, run_batch_sync
+from invsync_pipeline.cutover.batch_sync import align, copy_id, erp_stock, instant_text, key_hash, run_batch_sync
 from invsync_pipeline.cutover.scope import scope_on
 from invsync_pipeline.cutover.state import CutoverState, Switch, SwitchRefused
 from invsync_pipeline.settings import Settings
@@ -152,11 +151,10 @@ def restore_overwritten(
             continue  # no count for the key, or it came first: the booking stands
         if not effect:
             continue
-        digest = hashlib.sha1(f"{tx}|{'|'.join(key)}".encode()).hexdigest()[:16]
         restore = parse_event({
             "schema_version": "1",
-            "transaction_id": f"CUTOVER{switch.seq}-KEEP-{digest}",
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "transaction_id": f"CUTOVER{switch.seq}-KEEP-{key_hash((tx, *key))}",
+            "timestamp": instant_text(datetime.now(UTC)),
             "source_system": "RECON",
             "target_system": "MES",
             "material_number": key[0],
