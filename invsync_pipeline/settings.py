@@ -132,12 +132,20 @@ class MonitoringSettings(_Strict):
     """Queue-health thresholds (invsync_pipeline/ops/queue_health.py)."""
 
     management_port: int = 15672  # the management HTTP API, used where it is enabled
+    # Else `rabbitmqctl list_queues`, which also counts a quorum queue's dead-letter path, on this
+    # node (None: rabbitmqctl's default node, and only for a broker on this machine's port 5672).
+    rabbitmqctl: bool = True
+    rabbitmqctl_node: str | None = None
+    rabbitmqctl_timeout_seconds: float = Field(default=10.0, gt=0, le=50)
     # Ready messages a queue of each role may hold before it is an incident (parking: none).
     max_ready: dict[Literal["work", "tap", "retry", "parking"], int] = {
         "work": 10_000, "tap": 100_000, "retry": 5_000, "parking": 0,
     }  # fmt: skip
     growth_samples: int = Field(default=5, ge=2)  # grew in each of this many samples in a row
     min_growth_depth: int = Field(default=100, ge=1)  # ... and holds at least this many
+    # Messages in a queue's dead-letter path in every sample for this long are stranded (longer
+    # than RabbitMQ's own 180 s retry of an unconfirmed dead letter).
+    stranded_after_seconds: int = Field(default=300, ge=0)
 
 
 class PilotStage(_Strict):

@@ -6,6 +6,7 @@ processes at once, while DuckDB takes one writer and sensors must never open it.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -33,12 +34,16 @@ CREATE TABLE IF NOT EXISTS queue_samples (
     queue      TEXT NOT NULL,
     role       TEXT NOT NULL,     -- work | tap | retry | parking
     ready      INTEGER NOT NULL,
-    unacked    INTEGER,           -- only from the management API
+    unacked    INTEGER,           -- NULL: unknown (passive declares)
     consumers  INTEGER NOT NULL,
-    source     TEXT NOT NULL      -- management_api | passive_declare
+    source     TEXT NOT NULL,     -- management_api | rabbitmqctl | passive_declare: ...
+    dead_letter INTEGER,          -- in the dead-letter path (quorum, at-least-once); NULL: unknown
+    total      INTEGER            -- ready + unacked + dead_letter; NULL: unknown
 );
 CREATE INDEX IF NOT EXISTS queue_samples_queue ON queue_samples (queue, sampled_at);
 """
+# Columns added after the first release: an older ops.sqlite gets them on first open.
+_ADDED_COLUMNS = {"queue_samples": ("dead_letter INTEGER", "total INTEGER")}
 
 
 def ops_db(settings: Settings) -> sqlite3.Connection:
@@ -48,4 +53,10 @@ def ops_db(settings: Settings) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(_SCHEMA)
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:
+            if column.split()[0] not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
     return db
