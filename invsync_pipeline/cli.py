@@ -456,7 +456,8 @@ def erp_post(ctx: click.Context, file) -> None:
 @click.option("--record/--no-record", default=False, help="Also keep the sample and raise alerts, as the sensor does.")
 @click.pass_context
 def queues(ctx: click.Context, record: bool) -> None:
-    """Depth of every queue of the topology, and what is wrong with them."""
+    """What every queue of the topology holds (ready, unacked, in its dead-letter path, total),
+    and what is wrong with them; "-" is a count the source cannot see."""
     from invsync_pipeline.ops.queue_health import check_queues, evaluate, sample
 
     settings = _settings(ctx)
@@ -465,10 +466,19 @@ def queues(ctx: click.Context, record: bool) -> None:
     else:
         samples = sample(settings)
         findings, raised = evaluate(settings, samples), []
-    click.echo(f"{'queue':<40} {'role':<8} {'ready':>8} {'unacked':>8} {'consumers':>9}")
+    flags = {s.queue: "(not declared)" for s in samples if s.source == "missing"}
+    flags.update({f.queue: "STRANDED" for f in findings if f.rule == "stranded"})
+
+    def count(value: int | None) -> str:
+        return "-" if value is None else str(value)
+
+    click.echo(f"{'queue':<40} {'role':<8} {'ready':>8} {'unacked':>8} {'dead-letter':>11} {'total':>8} "
+               f"{'consumers':>9}  stranded")  # fmt: skip
     for s in samples:
-        unacked = "-" if s.unacked is None else str(s.unacked)
-        click.echo(f"{s.queue:<40} {s.role:<8} {s.ready:>8} {unacked:>8} {s.consumers:>9}")
+        line = (f"{s.queue:<40} {s.role:<8} {s.ready:>8} {count(s.unacked):>8} {count(s.dead_letter):>11} "
+                f"{count(s.total):>8} {s.consumers:>9}  {flags.get(s.queue, '')}")  # fmt: skip
+        click.echo(line.rstrip())
+    click.echo(f"counts from: {', '.join(sorted({s.source for s in samples if s.source != 'missing'})) or '-'}")
     for f in findings:
         click.echo(f"{f.severity.upper()} {f.rule}: {f.message}")
     if raised:
