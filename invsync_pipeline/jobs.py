@@ -5,15 +5,18 @@ from datetime import datetime
 import dagster as dg
 
 from invsync_pipeline.assets.cutover import cutover_comparison
+from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.cutover.batch_sync import run_batch_sync
 from invsync_pipeline.resources import InvsyncResource
 
+# With the exports: an hour staged again after it was reconciled (a late movement, one a correction
+# re-sent) reaches the analysts' Parquet files at once.
 stage_and_ledger_job = dg.define_asset_job(
     name="stage_and_ledger",
-    selection=dg.AssetSelection.assets(staged_inventory_events, transaction_ledger),
-    description="Load an hour of staged events into DuckDB and build its transaction ledger.",
+    selection=dg.AssetSelection.assets(staged_inventory_events, transaction_ledger, analyst_exports),
+    description="Load an hour of staged events into DuckDB, build its transaction ledger, and export it.",
 )
 
 hourly_reconciliation_job = dg.define_asset_job(

@@ -128,6 +128,16 @@ class SyncSettings(_Strict):
     heartbeat_seconds: int = Field(default=30, ge=1, le=600)
 
 
+class ReconciliationSettings(_Strict):
+    """The hourly reconciliation (docs/analysts.md explains the causes)."""
+
+    # A movement younger than this when its hour is first investigated may still be on its way
+    # (the ERP outbox buffers up to 2 h of a broker outage; a retry tier or a slow upstream holds
+    # others): it is `in_flight`, never corrected, and looked at again in the next hours. Only
+    # once the window has passed can it become `not_published` or `missing_in_*` and be corrected.
+    in_flight_window_minutes: int = Field(default=120, ge=0, le=7 * 24 * 60)
+
+
 class MonitoringSettings(_Strict):
     """Queue-health thresholds (invsync_pipeline/ops/queue_health.py)."""
 
@@ -201,6 +211,7 @@ class Settings(_Strict):
     mes: MesSettings = MesSettings()
     erp: ErpSettings = ErpSettings()
     sync: SyncSettings = SyncSettings()
+    reconciliation: ReconciliationSettings = ReconciliationSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     cutover: CutoverSettings = CutoverSettings()
     mes_token: str | None = None

@@ -2,83 +2,26 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import dagster as dg
 import pika
 import pytest
 
-from invsync_pipeline.assets.ledger import transaction_ledger
-from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
-from invsync_pipeline.assets.staging import staged_inventory_events
-from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
 from invsync_pipeline.contract import parse_event
-from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.messaging.outbox import Outbox
-from invsync_pipeline.reference.mes_service import run_in_thread
-from invsync_pipeline.resources import InvsyncResource, WarehouseResource
-from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
-from invsync_pipeline.sync.worker import SyncWorker
+from invsync_pipeline.resources import WarehouseResource
 from invsync_pipeline.warehouse import open_warehouse
-from invsync_pipeline_tests.factories import event, queue_depth
+from invsync_pipeline_tests.factories import event
+from invsync_pipeline_tests.recon_plant import (
+    erp_posts_and_publishes,
+    plant_fixture,  # noqa: F401 - the `plant` fixture
+    reconcile,
+    reconcile_with_corrections,
+    settle,
+)
 
 pytestmark = pytest.mark.broker
-
-TOKEN = "recon-token"
-RECON_ASSETS = [staged_inventory_events, transaction_ledger, erp_inventory_snapshot, mes_inventory_snapshot,
-                inventory_variances, variance_investigation]  # fmt: skip
-
-
-@pytest.fixture
-def plant(settings, topology, connection, tmp_path, monkeypatch):
-    """ERP tables, the reference MES publishing through its own outbox, and a running worker."""
-    erp = ErpDatabase.from_settings(settings)
-    erp.create_schema()
-
-    def publish(evt):
-        with Outbox(settings, path=settings.home / "mes-outbox.sqlite") as box:
-            box.publish([evt])
-
-    mes = run_in_thread(tmp_path / "mes.sqlite", TOKEN, publish=publish)
-    monkeypatch.setenv("INVSYNC_MES_URL", mes.url)
-    monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
-    client = MesClient(mes.url, TOKEN)
-    worker = SyncWorker(settings, client)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    yield erp, client
-    worker.stop()
-    thread.join(15)
-    mes.stop()
-    erp.dispose()
-
-
-def _erp_posts_and_publishes(settings, erp, events):
-    parsed = [parse_event(e) for e in events]
-    for e in parsed:
-        erp.post(e)
-    with Outbox(settings) as box:
-        box.publish(parsed)
-
-
-def _settle(settings, connection, topology):
-    deadline = time.monotonic() + 20
-    while any(queue_depth(connection, q) for q in topology.work_queues):
-        assert time.monotonic() < deadline, "the worker did not drain the plant queues"
-        time.sleep(0.1)
-    time.sleep(0.3)
-    drain_ledger_tap(settings)
-
-
-def _reconcile(hour_key: str) -> None:
-    result = dg.materialize(RECON_ASSETS, partition_key=hour_key,
-                            resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()})  # fmt: skip
-    assert result.success
-
 
 def test_each_kind_of_discrepancy_is_detected_with_its_cause(settings, topology, connection, plant):
     erp, mes = plant
@@ -92,7 +35,7 @@ def test_each_kind_of_discrepancy_is_detected_with_its_cause(settings, topology,
     lost = event(material_number="LOST", quantity="30", timestamp=at)
     wip_base = event(material_number="WIP-1", quantity="40", timestamp=at)
 
-    _erp_posts_and_publishes(settings, erp, [clean, consumed, wip_base])
+    erp_posts_and_publishes(settings, erp, [clean, consumed, wip_base])
     erp.post(parse_event(never_sent))  # booked in the ERP, never published
     erp.post(parse_event(lost))  # booked and published to the ledger tap only: the MES never sees it
     channel = connection.channel()
@@ -100,9 +43,9 @@ def test_each_kind_of_discrepancy_is_detected_with_its_cause(settings, topology,
     # MES consumption that the ERP never books.
     mes.backflush(material_number="WIP-1", material_type="raw", location="WH01/RM01", quantity=Decimal("12"),
                   unit="KG", order="PO-1", timestamp=hour + timedelta(minutes=20))  # fmt: skip
-    _settle(settings, connection, topology)
+    settle(settings, connection, topology)
 
-    _reconcile(key)
+    reconcile(key)
 
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:
         variances = conn.execute(
@@ -126,10 +69,10 @@ def test_rerunning_an_hour_changes_nothing(settings, topology, connection, plant
     erp, mes = plant
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     at = (hour + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    _erp_posts_and_publishes(settings, erp, [event(material_number=f"M-{i}", quantity="5", timestamp=at)
+    erp_posts_and_publishes(settings, erp, [event(material_number=f"M-{i}", quantity="5", timestamp=at)
                                              for i in range(5)])  # fmt: skip
     erp.post(parse_event(event(material_number="M-9", quantity="9", timestamp=at)))
-    _settle(settings, connection, topology)
+    settle(settings, connection, topology)
     key = hour.strftime("%Y-%m-%d-%H:00")
 
     def tables():
@@ -140,25 +83,12 @@ def test_rerunning_an_hour_changes_nothing(settings, topology, connection, plant
             recon = [conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables]
         return snapshots + recon
 
-    _reconcile(key)
+    reconcile(key)
     first = tables()
-    _reconcile(key)
+    reconcile(key)
 
     assert tables() == first
     assert len(first[2]) == 6 and sum(1 for row in first[2] if row[-1]) == 1
-
-
-def _reconcile_with_corrections(hour_key: str) -> None:
-    from invsync_pipeline.assets.corrections import auto_corrections, correction_audit_log
-    from invsync_pipeline.assets.exports import analyst_exports
-
-    result = dg.materialize(
-        [*RECON_ASSETS, auto_corrections, correction_audit_log, analyst_exports],
-        partition_key=hour_key,
-        resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
-        run_config={"ops": {"auto_corrections": {"config": {"effective_at": "next_hour_start"}}}},
-    )
-    assert result.success
 
 
 def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_agrees(
@@ -173,7 +103,7 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
     key, next_key = hour.strftime("%Y-%m-%d-%H:00"), (hour + timedelta(hours=1)).strftime("%Y-%m-%d-%H:00")
     at = lambda minutes: (hour + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
     materials = ["LOST", "NEVER-SENT", "WIP-1", "BIG"]
-    _erp_posts_and_publishes(settings, erp, [event(material_number=m, quantity="1000", timestamp=at(5))
+    erp_posts_and_publishes(settings, erp, [event(material_number=m, quantity="1000", timestamp=at(5))
                                              for m in materials])  # fmt: skip
     lost, big = event(material_number="LOST", quantity="30", timestamp=at(10)), event(
         material_number="BIG", quantity="600", timestamp=at(10))  # fmt: skip
@@ -184,9 +114,9 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
     erp.post(parse_event(event(material_number="NEVER-SENT", quantity="50", timestamp=at(10))))
     mes.backflush(material_number="WIP-1", material_type="raw", location="WH01/RM01", quantity=Decimal("12"),
                   unit="KG", order="PO-7", timestamp=hour + timedelta(minutes=20))  # fmt: skip
-    _settle(settings, connection, topology)
+    settle(settings, connection, topology)
 
-    _reconcile_with_corrections(key)
+    reconcile_with_corrections(key)
 
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:
         corrections = conn.execute(
@@ -213,10 +143,10 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
     assert approved.exit_code == 0, approved.output
     again = runner.invoke(main, ["review", "approve", big_id, "--by", "Sam Lee"])
     assert again.exit_code == 2 and "not waiting for review" in again.output
-    _settle(settings, connection, topology)
+    settle(settings, connection, topology)
 
-    _reconcile_with_corrections(key)  # re-running the hour decides nothing new
-    _reconcile_with_corrections(next_key)
+    reconcile_with_corrections(key)  # re-running the hour decides nothing new
+    reconcile_with_corrections(next_key)
 
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM recon.corrections").fetchone()[0] == 4
@@ -258,16 +188,16 @@ def _count_then_lose_a_receipt(settings, topology, connection, erp, material: st
     """Stock of 100 in both systems, a cycle count of `counted` that both apply, then a receipt the
     MES never gets: the key has a variance, and the count is in the MES's applied log."""
     at = lambda minutes: (hour + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    _erp_posts_and_publishes(settings, erp, [event(material_number=material, quantity="100", timestamp=at(5))])
-    _settle(settings, connection, topology)  # the count goes through another queue: apply the receipt first
+    erp_posts_and_publishes(settings, erp, [event(material_number=material, quantity="100", timestamp=at(5))])
+    settle(settings, connection, topology)  # the count goes through another queue: apply the receipt first
     count = event(material_number=material, transaction_type="cycle_count", reason="physical_inventory",
                   movement_type=None, quantity=counted, timestamp=at(10))  # fmt: skip
-    _erp_posts_and_publishes(settings, erp, [count])
+    erp_posts_and_publishes(settings, erp, [count])
     lost = event(material_number=material, quantity="30", timestamp=at(20))
     erp.post(parse_event(lost))  # booked and published to the ledger tap only: the MES never sees it
     connection.channel().basic_publish("", topology.ledger_tap, parse_event(lost).to_body(),
                                        pika.BasicProperties(delivery_mode=2))  # fmt: skip
-    _settle(settings, connection, topology)
+    settle(settings, connection, topology)
     return count["transaction_id"], lost["transaction_id"]
 
 
@@ -277,7 +207,7 @@ def test_a_cycle_count_in_the_mes_log_is_not_blamed_on_the_erp(settings, topolog
     # The count agrees with the ERP's book, so the ERP posts no document; the MES logs it.
     count_id, lost_id = _count_then_lose_a_receipt(settings, topology, connection, erp, "COUNTED", "100", hour)
 
-    _reconcile(hour.strftime("%Y-%m-%d-%H:00"))
+    reconcile(hour.strftime("%Y-%m-%d-%H:00"))
 
     assert _booked(settings, "snapshots.mes_applied", count_id) == [Decimal("0")]
     assert _booked(settings, "snapshots.erp_movements", count_id) == []
@@ -294,7 +224,7 @@ def test_a_count_difference_booked_in_both_systems_is_not_reported_as_unpublishe
     # The count finds 5 less: the ERP books a 702 document and the MES its change, both under the count's id.
     count_id, lost_id = _count_then_lose_a_receipt(settings, topology, connection, erp, "COUNTED-SHORT", "95", hour)
 
-    _reconcile(hour.strftime("%Y-%m-%d-%H:00"))
+    reconcile(hour.strftime("%Y-%m-%d-%H:00"))
 
     assert _booked(settings, "snapshots.mes_applied", count_id) == [Decimal("-5")]
     assert _booked(settings, "snapshots.erp_movements", count_id) == [Decimal("-5")]
@@ -308,7 +238,7 @@ def test_a_correction_within_the_hour_is_carried_over_not_unexplained(settings, 
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     earlier, hour = now - timedelta(hours=6), now - timedelta(hours=5)
     at = lambda h, minutes: (h + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    _erp_posts_and_publishes(settings, erp, [event(material_number=m, quantity="1000", timestamp=at(earlier, 5))
+    erp_posts_and_publishes(settings, erp, [event(material_number=m, quantity="1000", timestamp=at(earlier, 5))
                                              for m in ("HELD", "FIXED")])  # fmt: skip
     # An earlier hour: receipts the MES never got, so both materials begin the hour apart.
     channel = connection.channel()
@@ -327,9 +257,9 @@ def test_a_correction_within_the_hour_is_carried_over_not_unexplained(settings, 
     lost = parse_event(event(material_number="FIXED", quantity="20", timestamp=at(hour, 20)))
     erp.post(lost)
     channel.basic_publish("", topology.ledger_tap, lost.to_body(), pika.BasicProperties(delivery_mode=2))
-    _settle(settings, connection, topology)
+    settle(settings, connection, topology)
 
-    _reconcile(hour.strftime("%Y-%m-%d-%H:00"))
+    reconcile(hour.strftime("%Y-%m-%d-%H:00"))
 
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:
         begun = conn.execute(

@@ -4,6 +4,7 @@ from typing import Literal
 
 import dagster as dg
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.metadata import md_table
@@ -12,6 +13,7 @@ from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.sources.mes import MesError
 
 
 class CorrectionConfig(dg.Config):
@@ -36,13 +38,38 @@ def auto_corrections(
     """Corrects the system that is wrong, by the source-of-truth rules in data/rules.yaml.
 
     ERP wins for receipts and shipments, MES wins for WIP consumption (as the rules file says).
-    A non-critical difference is corrected at once by an adjustment event (source_system
-    RECON, reason correction) published through the exchange: the sync worker applies it to
-    the MES, the ERP adapter posts it in the ERP tables. A critical one (above the % or value
-    limit for its material type or ABC class), or a cause nobody can settle automatically,
-    waits in the review queue (`invsync review list`) and raises an alert. Timing differences
-    are never corrected, and no correction is made twice."""
-    return each_hour(context, lambda key: _auto_corrections_hour(key, context, config, invsync, warehouse))
+    No movement ever counts twice: where the system that has the movements is right, the other
+    gets the movements themselves, re-sent under their own transaction_ids (a late original is
+    then a duplicate); where it must be an adjustment (source_system RECON, reason correction),
+    the movements it compensates are registered so a late original is refused. Either goes
+    through the exchange: the sync worker applies it to the MES, the ERP adapter posts it in the
+    ERP tables. A critical one (above the % or value limit for its material type or ABC class),
+    a cause nobody can settle automatically, or a difference no movement explains (a physical
+    count is requested) waits in the review queue (`invsync review list`) and raises an alert.
+    Held items whose variance resolved by itself are closed as `resolved` first. Timing
+    differences (in flight, queued, retrying, late) are never corrected, and no movement is
+    corrected twice."""
+    resolved = _close_resolved(context, invsync, warehouse)
+    result = each_hour(context, lambda key: _auto_corrections_hour(key, context, config, invsync, warehouse))
+    return dg.MaterializeResult(metadata={**(result.metadata or {}), "resolved_by_themselves": len(resolved)})
+
+
+def _close_resolved(
+    context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> list[tuple[str, str]]:
+    """Held items whose variance resolved by itself meanwhile (a late movement arrived) close
+    first, once per run. Best effort: with a system out of reach they wait for the next run."""
+    from invsync_pipeline.recon.review import close_resolved
+
+    try:
+        with warehouse.connect() as conn:
+            resolved = close_resolved(invsync.settings(), conn, actor="auto:hourly")
+    except (ConnectionError, OSError, MesError, SQLAlchemyError) as exc:
+        context.log.warning(f"held corrections not checked again (a system is out of reach): {exc}")
+        return []
+    for cid, reason in resolved:
+        context.log.info(f"{cid} closed as resolved: {reason}")
+    return resolved
 
 
 def _auto_corrections_hour(
@@ -64,17 +91,22 @@ def _auto_corrections_hour(
         # Published before they are recorded: a crash in between makes the next run decide and
         # publish them again under the same transaction ids, which everything downstream dedupes.
         to_apply = [c for c in decisions if c.status == "applied"]
-        apply_corrections(settings, [(c, effective) for c in to_apply])
+        published = {e.transaction_id: e for e in apply_corrections(settings, conn, [(c, effective) for c in to_apply])}
         applied, held = len(to_apply), 0
         conn.execute("BEGIN TRANSACTION")
         for correction in decisions:
-            record(conn, correction, effective if correction.status == "applied" else None)
+            at = None
+            if correction.status == "applied":
+                # A re-sent movement takes effect at its own time; an adjustment at `effective`.
+                times = [published[tx].timestamp for tx in correction.explained_by if tx in published]
+                at = min(times) if correction.method == "resend" and times else effective
+            record(conn, correction, at)
             if correction.status == "held_for_review":
                 alert_held(settings, correction)
                 held += 1
         conn.execute("COMMIT")
         summary = conn.execute(
-            """SELECT status, target_system, cause, count(*) AS corrections, sum(abs(quantity)) AS quantity
+            """SELECT status, method, target_system, cause, count(*) AS corrections, sum(abs(quantity)) AS quantity
                FROM recon.corrections WHERE partition_hour = ? GROUP BY ALL ORDER BY ALL""",
             [start],
         ).df()

@@ -3,6 +3,7 @@
 import shutil
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +11,6 @@ import dagster as dg
 from invsync_pipeline.assets.corrections import correction_audit_log
 from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 
@@ -49,49 +49,83 @@ def analyst_exports(
 def _analyst_exports_hours(
     partition_keys: Sequence[str], invsync: InvsyncResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Exports the consecutive hours ``partition_keys`` (one, or a chunk): one COPY per table,
-    split into the hours' folders by DuckDB, then each file moved into place (a reader sees the
-    old file or the new one, never half of one)."""
+    """Exports the consecutive hours ``partition_keys`` (one, or a chunk), then any earlier hour
+    whose rows changed after its files were written: movements staged late (or re-sent by a
+    correction) for it, a correction of it approved, rejected or resolved since."""
     first, last = chunk_bounds(partition_keys)
-    hours = [f"{hour_bounds(key)[0]:%Y-%m-%dT%H}" for key in partition_keys]
     root = invsync.settings().home / "exports"
     root.mkdir(parents=True, exist_ok=True)
     # Scratch folders of a run that was killed mid-export (runs that export never overlap: the
     # DuckDB writer pool lets one run at a time).
     for stale in root.glob(".export-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    counts = {}
     with warehouse.connect(read_only=True) as conn:
-        for table in EXPORTED_TABLES:
-            with tempfile.TemporaryDirectory(prefix=".export-", dir=root) as scratch:
-                written = Path(scratch) / "hours"
-                # COPY takes no bound parameters; the values are datetimes we formatted ourselves.
-                # It answers with the number of rows it wrote.
-                counts[table] = conn.execute(
-                    f"COPY (SELECT *, strftime(partition_hour, '%Y-%m-%dT%H') AS hour FROM {table} "
-                    f"WHERE partition_hour BETWEEN TIMESTAMPTZ '{first.isoformat()}' "
-                    f"AND TIMESTAMPTZ '{last.isoformat()}') "
-                    f"TO '{written}' (FORMAT parquet, PARTITION_BY (hour), WRITE_PARTITION_COLUMNS false)"
-                ).fetchone()[0]
-                files = {hour: sorted((written / f"hour={hour}").glob("*.parquet")) for hour in hours}
-                if many := {hour: len(made) for hour, made in files.items() if len(made) > 1}:
-                    raise RuntimeError(f"{table}: DuckDB wrote more than one file for an hour {many}; nothing replaced")
-                if any(not made for made in files.values()):
-                    # An hour without rows still gets a file, with the table's columns.
-                    empty = Path(scratch) / "empty.parquet"
-                    conn.execute(f"COPY (SELECT * FROM {table} WHERE false) TO '{empty}' (FORMAT parquet)")
-                    for hour in (hour for hour, made in files.items() if not made):
-                        files[hour] = [Path(scratch) / f"{hour}.parquet"]
-                        shutil.copyfile(empty, files[hour][0])
-                for hour, (made,) in files.items():
-                    folder = root / table / f"hour={hour}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    made.replace(folder / "data.parquet")
+        counts = {table: _export(conn, root, table, first, last) for table in EXPORTED_TABLES}
+        refreshed = 0
+        for table, hour in _changed_since_export(conn, root, first, last):
+            counts[table] += _export(conn, root, table, hour, hour)
+            refreshed += 1
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(str(root)),
             "rows": dg.MetadataValue.md(
                 "| table | rows |\n|---|---|\n" + "".join(f"| {t} | {n} |\n" for t, n in counts.items())
             ),
+            "earlier_hours_exported_again": refreshed,
         }
     )
+
+
+def _export(conn, root: Path, table: str, first: datetime, last: datetime) -> int:
+    """One COPY of the consecutive hours first..last of ``table``, split into the hours' folders
+    by DuckDB, then each file moved into place (a reader sees the old file or the new one, never
+    half of one). The number of rows written."""
+    hours = [f"{first + timedelta(hours=n):%Y-%m-%dT%H}" for n in range(int((last - first) / timedelta(hours=1)) + 1)]
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=root) as scratch:
+        written = Path(scratch) / "hours"
+        # COPY takes no bound parameters; the values are datetimes we formatted ourselves.
+        # It answers with the number of rows it wrote.
+        rows = conn.execute(
+            f"COPY (SELECT *, strftime(partition_hour, '%Y-%m-%dT%H') AS hour FROM {table} "
+            f"WHERE partition_hour BETWEEN TIMESTAMPTZ '{first.isoformat()}' "
+            f"AND TIMESTAMPTZ '{last.isoformat()}') "
+            f"TO '{written}' (FORMAT parquet, PARTITION_BY (hour), WRITE_PARTITION_COLUMNS false)"
+        ).fetchone()[0]
+        files = {hour: sorted((written / f"hour={hour}").glob("*.parquet")) for hour in hours}
+        if many := {hour: len(made) for hour, made in files.items() if len(made) > 1}:
+            raise RuntimeError(f"{table}: DuckDB wrote more than one file for an hour {many}; nothing replaced")
+        if any(not made for made in files.values()):
+            # An hour without rows still gets a file, with the table's columns.
+            empty = Path(scratch) / "empty.parquet"
+            conn.execute(f"COPY (SELECT * FROM {table} WHERE false) TO '{empty}' (FORMAT parquet)")
+            for hour in (hour for hour, made in files.items() if not made):
+                files[hour] = [Path(scratch) / f"{hour}.parquet"]
+                shutil.copyfile(empty, files[hour][0])
+        for hour, (made,) in files.items():
+            folder = root / table / f"hour={hour}"
+            folder.mkdir(parents=True, exist_ok=True)
+            made.replace(folder / "data.parquet")
+    return rows
+
+
+# When an hour's rows of each table last changed: its segments loaded, its corrections acted on.
+_CHANGED = {
+    "staging.inventory_events": "SELECT partition_hour, max(loaded_at) FROM staging.loaded_segments GROUP BY ALL",
+    "ledger.transaction_ledger": "SELECT partition_hour, max(loaded_at) FROM staging.loaded_segments GROUP BY ALL",
+    "recon.corrections": "SELECT partition_hour, max(logged_at) FROM recon.correction_audit_log GROUP BY ALL",
+    "recon.correction_audit_log": "SELECT partition_hour, max(logged_at) FROM recon.correction_audit_log "
+    "GROUP BY ALL",
+}
+
+
+def _changed_since_export(conn, root: Path, first: datetime, last: datetime) -> list[tuple[str, datetime]]:
+    """(table, hour) of hours outside first..last exported before, whose rows changed since."""
+    stale = []
+    for table, query in _CHANGED.items():
+        for hour, changed in conn.execute(query).fetchall():
+            if first <= hour <= last or changed is None:
+                continue
+            path = root / table / f"hour={hour:%Y-%m-%dT%H}" / "data.parquet"
+            if path.exists() and datetime.fromtimestamp(path.stat().st_mtime, UTC) < changed:
+                stale.append((table, hour))
+    return sorted(stale, key=lambda item: (item[1], item[0]))

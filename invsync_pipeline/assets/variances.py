@@ -1,7 +1,7 @@
 """inventory_variances and variance_investigation: the hourly three-way check and why it fails."""
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import groupby
 
 import dagster as dg
@@ -13,7 +13,7 @@ from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.cutover.scope import scope_on
-from invsync_pipeline.messaging.staged_log import hour_bounds, partition_key_of
+from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.settings import Settings
@@ -51,6 +51,14 @@ def _inventory_variances_hours(
     hours = [hour_bounds(key)[0] for key in partition_keys]
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
+        # The first reconciliation of an hour fixes which of its movements it checks (those
+        # staged by now); re-runs and backfills check the same ones (sql/recon/variances.sql).
+        conn.execute(
+            """INSERT INTO recon.reconciled_hours
+               SELECT hour, now() FROM unnest(CAST(? AS TIMESTAMPTZ[])) AS t(hour)
+               WHERE hour NOT IN (SELECT partition_hour FROM recon.reconciled_hours)""",
+            [hours],
+        )
         conn.execute("DELETE FROM recon.variances WHERE partition_hour BETWEEN ? AND ?", [first, last])
         conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"first_hour": first, "last_hour": last})
         # During a cutover's pilot the event-driven path carries only some material types; the
@@ -102,41 +110,24 @@ class InvestigationConfig(dg.Config):
     refresh: bool = False
 
 
-def _backlog_frame(settings, start: datetime) -> pd.DataFrame:
-    """The pipeline's held messages that belong to this hour (or whose hour cannot be read)."""
+def _backlog_frame(settings, start: datetime, observed: datetime, log) -> pd.DataFrame:
+    """The pipeline's held messages of this hour or an earlier one (a movement found in flight
+    before is looked at again), or whose hour cannot be read."""
     from invsync_pipeline.messaging.backlog import browse_backlog
 
-    key = partition_key_of(start)
     rows = []
-    observed = datetime.now(UTC)
-    for held in browse_backlog(settings):
-        hour = None
+    unread = lambda exc: log.warning(f"queues not read, the outbox and the quarantine were: {exc}")  # noqa: E731
+    for held in browse_backlog(settings, on_broker_error=unread):
         try:
             ts = datetime.fromisoformat(held.timestamp.replace("Z", "+00:00").replace("z", "+00:00"))
-            hour = partition_key_of(ts) if ts.tzinfo else None
-        except (AttributeError, ValueError):
+            if ts.tzinfo is not None and ts >= start + timedelta(hours=1):
+                continue  # a later hour's: it explains nothing here
+        except (AttributeError, ValueError, OverflowError):
             pass  # no readable timestamp: it may explain any hour, so keep it
-        if hour not in (key, None):
-            continue
         rows.append((start, held.transaction_id, held.place, held.kind, held.material_number, held.location,
                      held.unit, float(held.quantity_effect) if held.quantity_effect is not None else None,
                      held.to_location, held.reason, observed))  # fmt: skip
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "partition_hour",
-            "transaction_id",
-            "place",
-            "kind",
-            "material_number",
-            "location",
-            "unit",
-            "quantity_effect",
-            "to_location",
-            "reason",
-            "observed_at",
-        ],  # fmt: skip
-    )
+    return pd.DataFrame(rows, columns=BACKLOG_COLUMNS)
 
 
 def _mes_applied_now(settings, start: datetime) -> pd.DataFrame:
@@ -201,34 +192,13 @@ def _variance_investigation_hour(
             "SELECT observed_at FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
         ).fetchone()
     if observed is None or config.refresh:
-        # First look at this hour: read the pipeline and the MES as they are now, and keep it.
-        try:
-            backlog = _backlog_frame(settings, start)
-        except ConnectionError as exc:  # the broker is down: investigate with what is on disk
-            context.log.warning(f"pipeline backlog not read: {exc}")
-            backlog = pd.DataFrame(columns=BACKLOG_COLUMNS)
-        applied_now = _mes_applied_now(settings, start)
-        with warehouse.connect() as conn:
-            conn.execute("BEGIN TRANSACTION")
-            for table in ("recon.pipeline_backlog", "recon.mes_applied_observed", "recon.investigation_inputs"):
-                conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [start])
-            for table, frame in (("recon.pipeline_backlog", backlog), ("recon.mes_applied_observed", applied_now)):
-                if len(frame):
-                    conn.register("incoming", frame)
-                    conn.execute(f"INSERT INTO {table} SELECT * FROM incoming")
-                    conn.unregister("incoming")
-            conn.execute(
-                "INSERT INTO recon.investigation_inputs VALUES (?, now(), ?, ?)",
-                [start, len(backlog), len(applied_now)],
-            )
-            conn.execute("COMMIT")
+        _observe(start, context, settings, warehouse)
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM recon.variance_investigation WHERE partition_hour = ?", [start])
-        conn.execute(
-            f"INSERT INTO recon.variance_investigation {sql('recon/variance_investigation')}",
-            {"partition_hour": start},
-        )
+        for table, query in (("recon.explained_movements", "recon/explained_movements"),
+                             ("recon.variance_investigation", "recon/variance_investigation")):  # fmt: skip
+            conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [start])
+            conn.execute(f"INSERT INTO {table} {sql(query)}", {"partition_hour": start})
         by_cause = conn.execute(
             """SELECT cause, system, count(*) AS rows, sum(abs(explained_quantity)) AS quantity,
                       sum(len(transaction_ids)) AS transactions
@@ -238,6 +208,9 @@ def _variance_investigation_hour(
         observed_at, backlog_rows = conn.execute(
             "SELECT observed_at, backlog_rows FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
         ).fetchone()
+        looked_again = conn.execute(
+            "SELECT state, count(*) FROM recon.in_flight_checks WHERE partition_hour = ? GROUP BY ALL", [start]
+        ).fetchall()
         conn.execute("COMMIT")
     return dg.MaterializeResult(
         metadata={
@@ -245,6 +218,46 @@ def _variance_investigation_hour(
             "causes": dg.MetadataValue.md(md_table(by_cause)),
             "unexplained": int(by_cause.loc[by_cause["cause"] == "unexplained", "rows"].sum()) if len(by_cause) else 0,
             "backlog_messages": backlog_rows,
+            "in_flight": int(by_cause.loc[by_cause["cause"] == "in_flight", "rows"].sum()) if len(by_cause) else 0,
+            "looked_at_again": dg.MetadataValue.json(dict(looked_again)),
             "inputs_observed_at": str(observed_at),
         }
     )
+
+
+def _observe(start: datetime, context: dg.AssetExecutionContext, settings: Settings, warehouse) -> None:
+    """The first look at an hour: the pipeline and the MES as they are now, and whether the
+    movements earlier hours found in flight have arrived since. Kept, so re-runs reuse it."""
+    from invsync_pipeline.recon.in_flight import look_again
+
+    observed_at = datetime.now(UTC)
+    window = settings.reconciliation.in_flight_window_minutes
+    # With the broker down, the outbox and the quarantine are still read (what is on disk).
+    backlog = _backlog_frame(settings, start, observed_at, context.log)
+    applied_now = _mes_applied_now(settings, start)
+    with warehouse.connect() as conn:
+        due = conn.execute(
+            sql("recon/in_flight_due"),
+            {"partition_hour": start, "observed_at": observed_at, "window_minutes": window},
+        ).df()
+    checks = look_again(settings, start, due, set(backlog["transaction_id"].dropna()), observed_at)
+    if len(due):
+        context.log.info(f"looked again at {len(due)} movement(s) found in flight before: "
+                         f"{checks['state'].value_counts().to_dict()}")  # fmt: skip
+    with warehouse.connect() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        for table in ("recon.pipeline_backlog", "recon.mes_applied_observed", "recon.in_flight_checks",
+                      "recon.investigation_inputs"):  # fmt: skip
+            conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [start])
+        for table, frame in (("recon.pipeline_backlog", backlog), ("recon.mes_applied_observed", applied_now),
+                             ("recon.in_flight_checks", checks)):  # fmt: skip
+            if len(frame):
+                conn.register("incoming", frame)
+                conn.execute(f"INSERT INTO {table} SELECT * FROM incoming")
+                conn.unregister("incoming")
+        conn.execute(
+            "INSERT INTO recon.investigation_inputs (partition_hour, observed_at, backlog_rows, applied_rows, "
+            "in_flight_window_minutes) VALUES (?, ?, ?, ?, ?)",
+            [start, observed_at, len(backlog), len(applied_now), window],
+        )
+        conn.execute("COMMIT")

@@ -1,4 +1,4 @@
-"""What the pipeline still holds: messages in the work, retry and parking queues, and the quarantine.
+"""What the pipeline still holds: the ERP outbox, messages in the work, retry and parking queues, and the quarantine.
 
 Queues are browsed without consuming: messages are fetched unacked and the channel is closed,
 which returns them to their queues (marked redelivered; consumers de-duplicate by
@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from invsync_pipeline.messaging.connection import connect
+import pika.exceptions
+
+from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.retry import REASON_HEADER
 from invsync_pipeline.messaging.staged_log import StagedEventLog
 from invsync_pipeline.messaging.topology import build_topology
@@ -24,7 +28,7 @@ from invsync_pipeline.settings import Settings
 class HeldMessage:
     transaction_id: str | None
     place: str
-    kind: str  # pending_sync | retrying | dead_lettered | quarantined
+    kind: str  # in_flight (the outbox) | pending_sync | retrying | dead_lettered | quarantined
     material_number: str | None
     location: str | None
     unit: str | None
@@ -38,7 +42,7 @@ def _best_effort(body: bytes) -> dict[str, Any]:
     """The fields of a message that may be invalid: whatever parses."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -67,8 +71,45 @@ def _held(data: dict[str, Any], place: str, kind: str, reason: str | None, messa
     )  # fmt: skip
 
 
-def browse_backlog(settings: Settings, *, per_queue_limit: int = 10_000) -> list[HeldMessage]:
-    """Everything queued for the MES, retrying or parked, plus the staged quarantine."""
+def outbox_backlog(settings: Settings) -> list[HeldMessage]:
+    """Events the ERP outbox still holds: published by the ERP, not yet confirmed by the broker
+    (during a broker outage, hours of them). Read without taking the outbox's write lock."""
+    path = settings.outbox_path
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path, timeout=30)
+    try:
+        rows = db.execute("SELECT transaction_id, body FROM outbox ORDER BY seq").fetchall()
+    except sqlite3.OperationalError:
+        return []  # a file without the table yet: nothing buffered
+    finally:
+        db.close()
+    reason = "buffered in the ERP outbox, not yet confirmed by the broker"
+    return [
+        _held({**_best_effort(body), "transaction_id": tx}, "outbox", "in_flight", reason, tx) for tx, body in rows
+    ]
+
+
+def browse_backlog(
+    settings: Settings, *, per_queue_limit: int = 10_000, on_broker_error: Callable[[Exception], None] | None = None
+) -> list[HeldMessage]:
+    """Everything in the ERP outbox, queued for the MES, retrying or parked, plus the staged
+    quarantine. With ``on_broker_error``, a broker that cannot be read is reported there and the
+    rest is still returned (during an outage the outbox holds what matters); without, it raises."""
+    held: list[HeldMessage] = outbox_backlog(settings)
+    try:
+        held += _queued(settings, per_queue_limit)
+    except (BrokerUnavailable, pika.exceptions.AMQPError) as exc:
+        if on_broker_error is None:
+            raise
+        on_broker_error(exc)
+    for row in StagedEventLog(settings.staged_dir).quarantined():
+        body = base64.b64decode(row["body_b64"])
+        held.append(_held(_best_effort(body), "quarantine", "quarantined", row["reason"], row.get("message_id")))
+    return held
+
+
+def _queued(settings: Settings, per_queue_limit: int) -> list[HeldMessage]:
     topo = build_topology(settings)
     held: list[HeldMessage] = []
     places = [(q, "pending_sync") for q in topo.work_queues]
@@ -92,7 +133,4 @@ def browse_backlog(settings: Settings, *, per_queue_limit: int = 10_000) -> list
                 channel.close()  # returns every fetched message to its queue
     finally:
         conn.close()
-    for row in StagedEventLog(settings.staged_dir).quarantined():
-        body = base64.b64decode(row["body_b64"])
-        held.append(_held(_best_effort(body), "quarantine", "quarantined", row["reason"], row.get("message_id")))
     return held

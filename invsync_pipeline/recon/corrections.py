@@ -1,10 +1,23 @@
 """Deciding and applying corrections by the source-of-truth rules, with the audit trail.
 
-A correction is an adjustment (reason `correction`, source_system RECON, target_system = the
-system that is wrong) published through the same exchange as every movement, so it is synced,
-staged, reconciled and audited like any other. Corrections for the ERP are also posted in the
-ERP tables (701/702) by the ERP adapter in ``sources/``; the MES gets its own through the sync
-worker. Timing differences are never corrected; critical ones wait for a supervisor.
+A correction never lets a movement's effect land twice, however late the movement comes:
+
+- ``resend``: the system that lacks the movements gets the movements themselves, re-sent under
+  their own transaction_ids (from the ledger, the ERP document or the MES log). A late original
+  is then a duplicate that idempotency refuses. Used when the rules say the system that has them
+  is right.
+- ``adjust``: an adjustment (reason `correction`, source_system RECON, target_system = the system
+  that is wrong) published through the same exchange as every movement, so it is synced, staged,
+  reconciled and audited like any other. The movements it compensates are registered first
+  (``compensations.py``), so a late original is refused as compensated. Used when the rules say
+  the system that lacks them is right (the other's booking is undone), when the MES refused the
+  movement itself (dead_lettered), and for unit mismatches.
+- ``count``: nothing explains the difference on either side; a physical count is requested and
+  nothing is posted (``without_movement`` in the rules file).
+
+Corrections for the ERP are also posted in the ERP tables by the ERP adapter in ``sources/``; the
+MES gets its own through the sync worker. Timing differences (in flight, queued, retrying, late)
+are never corrected; critical ones wait for a supervisor.
 """
 
 from __future__ import annotations
@@ -48,6 +61,12 @@ class Correction:
     before_quantity: Decimal | None
     explained_by: tuple[str, ...]
     note: str | None
+    method: str = "adjust"  # resend | adjust | count (module docstring)
+
+    @property
+    def lacking_system(self) -> str:
+        """The system whose books missed the movements the correction is about."""
+        return self.target_system if self.method == "resend" else self.truth
 
 
 def correction_id(hour: datetime, material: str, location: str, unit: str, cause: str, tx_ids: list[str]) -> str:
@@ -55,9 +74,23 @@ def correction_id(hour: datetime, material: str, location: str, unit: str, cause
     return "RECON-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
+# Causes about a movement one system lacks: a correction of them names, and compensates, those movements.
+MISSING_MOVEMENT_CAUSES = ("not_published", "missing_in_mes", "missing_in_erp", "quarantined", "dead_lettered")
+
+
 def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> list[Correction]:
-    """The corrections the rules call for in this hour, not yet decided before."""
+    """The corrections the rules call for in this hour, not yet decided before. A finding whose
+    movements an earlier correction already names (applied, approved or held) is not decided again:
+    each movement is corrected once."""
     existing = {row[0] for row in conn.execute("SELECT correction_id FROM recon.corrections").fetchall()}
+    named = {
+        (tx, m, loc, unit)
+        for tx, m, loc, unit in conn.execute(
+            """SELECT t.tx, material_number, location, unit
+               FROM recon.corrections, unnest(explained_by) AS t(tx)
+               WHERE status IN ('applied', 'approved', 'held_for_review')"""
+        ).fetchall()
+    }
     candidates = conn.execute(sql("recon/correction_candidates"), {"partition_hour": hour}).df()
     decided = []
     for row in candidates.itertuples(index=False):
@@ -65,6 +98,8 @@ def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> lis
         cid = correction_id(hour, row.material_number, row.location, row.unit, row.cause, tx_ids)
         if cid in existing:
             continue  # nothing is corrected twice
+        if tx_ids and all((tx, row.material_number, row.location, row.unit) in named for tx in tx_ids):
+            continue  # these movements were corrected (or wait for a supervisor) already
         reason = row.reason if isinstance(row.reason, str) else None
         rule = rules.truth_for(reason)
         missing = row.system  # the system whose books miss the movement
@@ -74,6 +109,7 @@ def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> lis
             target, quantity = missing, q  # the system missing the movement gets it
         else:
             target, quantity = other, -q  # the missing system is right: undo it in the other one
+        method = _method(row.cause, target == missing, bool(row.all_known), rules)
         erp_end, mes_end = Decimal(str(row.erp_end)), Decimal(str(row.mes_end))
         before = erp_end if target == "ERP" else mes_end
         base = max(abs(erp_end), abs(mes_end))
@@ -84,8 +120,11 @@ def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> lis
         critical = pct > Decimal(str(threshold.critical_pct)) or (
             value is not None and value > Decimal(str(threshold.critical_value))
         )
-        review = critical or row.cause in rules.always_review
-        if row.cause in rules.always_review:
+        review = critical or row.cause in rules.always_review or method == "count"
+        if method == "count":
+            note = (f"no movement explains it on either side: count the stock of {row.material_number} at "
+                    f"{row.location} (book it as a cycle count); nothing was posted")  # fmt: skip
+        elif row.cause in rules.always_review:
             note = f"cause {row.cause} always waits for a person"
         elif critical:
             note = (f"critical: {pct}% of the balance (limit {threshold.critical_pct}%)"
@@ -113,9 +152,19 @@ def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> lis
                 before_quantity=before,
                 explained_by=tuple(tx_ids),
                 note=note,
+                method=method,
             )  # fmt: skip
         )
     return decided
+
+
+def _method(cause: str, target_lacks_them: bool, all_known: bool, rules: Rules) -> str:
+    """How a finding is corrected (module docstring)."""
+    if cause == "unexplained":
+        return "count" if rules.without_movement == "request_count" else "adjust"
+    if cause in MISSING_MOVEMENT_CAUSES and cause != "dead_lettered" and target_lacks_them and all_known:
+        return "resend"  # the MES refused a dead-lettered movement itself: sending it again fails again
+    return "adjust"
 
 
 def correction_event(c: Correction, effective_at: datetime) -> InventoryEvent:
@@ -140,18 +189,45 @@ def correction_event(c: Correction, effective_at: datetime) -> InventoryEvent:
     )
 
 
-def apply_correction(settings: Settings, c: Correction, effective_at: datetime) -> InventoryEvent:
-    """Publish the correction (and post it in the ERP when the ERP is the target)."""
-    return apply_corrections(settings, [(c, effective_at)])[0]
+def apply_correction(
+    settings: Settings, conn: duckdb.DuckDBPyConnection, c: Correction, effective_at: datetime
+) -> list[InventoryEvent]:
+    """Carry out one correction (see ``apply_corrections``); the events it published."""
+    return apply_corrections(settings, conn, [(c, effective_at)])
 
 
-def apply_corrections(settings: Settings, corrections: list[tuple[Correction, datetime]]) -> list[InventoryEvent]:
-    """Publish an hour's corrections together (posting those for the ERP there first): one ERP
-    connection and one outbox flush, not one per correction, which a backfill of weeks feels."""
+def apply_corrections(
+    settings: Settings, conn: duckdb.DuckDBPyConnection, corrections: list[tuple[Correction, datetime]]
+) -> list[InventoryEvent]:
+    """Carry out an hour's corrections together: one ERP connection and one outbox flush, not
+    one per correction, which a backfill of weeks feels. A re-send publishes the movements
+    themselves (posting them in the ERP first when the ERP lacks them); an adjustment registers
+    the movements it compensates, then posts and publishes the RECON event. Raises before anything
+    is published when a re-sent movement cannot be found."""
     from invsync_pipeline.messaging.outbox import Outbox
+    from invsync_pipeline.recon.compensations import register
 
-    events = [correction_event(c, effective_at) for c, effective_at in corrections]
-    for_erp = [e for (c, _), e in zip(corrections, events, strict=True) if c.target_system == "ERP"]
+    resend = [c for c, _ in corrections if c.method == "resend"]
+    found = originals(settings, conn, {tx for c in resend for tx in c.explained_by})
+    events: list[InventoryEvent] = []
+    for_erp: list[InventoryEvent] = []
+    for c, effective_at in corrections:
+        if c.method == "count":
+            continue  # a count is booked by the people who count, as a cycle count
+        if c.method == "resend":
+            lacking = [tx for tx in c.explained_by if tx not in found]
+            if lacking:
+                raise ReviewError(f"correction {c.correction_id}: cannot re-send {', '.join(lacking)}: found in "
+                                  "neither the ledger, the ERP nor the MES")  # fmt: skip
+            sent = [found[tx] for tx in c.explained_by]
+        else:
+            if c.cause in MISSING_MOVEMENT_CAUSES and c.explained_by:
+                # Before it is published: a late original that arrives meanwhile is refused.
+                register(settings, c.correction_id, c.lacking_system, c.explained_by)
+            sent = [correction_event(c, effective_at)]
+        events += sent
+        if c.target_system == "ERP":
+            for_erp += sent
     if for_erp:
         from invsync_pipeline.sources.erp import ErpDatabase
 
@@ -161,9 +237,55 @@ def apply_corrections(settings: Settings, corrections: list[tuple[Correction, da
                 erp.post(event)  # idempotent by transaction_id
         finally:
             erp.dispose()
-    if events:
+    unique = list({e.transaction_id: e for e in events}.values())  # a transfer's two findings re-send it once
+    if unique:
         with Outbox(settings) as box:
-            box.publish(events)  # buffered durably if the broker is away
+            box.publish(unique)  # buffered durably if the broker is away
+    return unique
+
+
+def originals(
+    settings: Settings, conn: duckdb.DuckDBPyConnection, transaction_ids: set[str]
+) -> dict[str, InventoryEvent]:
+    """The movements themselves, as whole contract events: from the ledger (as published), else
+    the ERP's documents, else the MES's applied log."""
+    if not transaction_ids:
+        return {}
+    found = {e.transaction_id: e for e in ledger_events(conn, transaction_ids)}
+    if missing := transaction_ids - found.keys():
+        from invsync_pipeline.sources.erp import ErpDatabase
+
+        erp = ErpDatabase.from_settings(settings)
+        try:
+            found.update(erp.events(missing))
+        finally:
+            erp.dispose()
+    if missing := transaction_ids - found.keys():
+        from invsync_pipeline.cutover.switch import event_path_mes
+
+        _, mes_client = event_path_mes(settings)
+        with mes_client as mes:
+            for tx in sorted(missing):
+                if (item := mes.find_transaction(tx)) is not None:
+                    found[tx] = parse_event({k: v for k, v in item.items() if k in InventoryEvent.model_fields})
+    return found
+
+
+def ledger_events(conn: duckdb.DuckDBPyConnection, transaction_ids: set[str]) -> list[InventoryEvent]:
+    """Staged events by transaction id, rebuilt as they were published."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (transaction_id)
+                  transaction_id, strftime(event_time, '%Y-%m-%dT%H:%M:%S.%fZ') AS timestamp, source_system,
+                  target_system, material_number, material_type, CAST(quantity AS VARCHAR) AS quantity, unit,
+                  location, to_location, transaction_type, reason, erp_reference, movement_type
+           FROM staging.inventory_events WHERE list_contains(?, transaction_id)
+           ORDER BY transaction_id, partition_hour""",
+        [sorted(transaction_ids)],
+    ).df()
+    events = []
+    for row in rows.to_dict("records"):
+        body = {k: v for k, v in row.items() if isinstance(v, str)}  # None / NaN: an absent optional field
+        events.append(parse_event({"schema_version": "1", **body}))
     return events
 
 
@@ -171,10 +293,10 @@ def record(conn: duckdb.DuckDBPyConnection, c: Correction, effective_at: datetim
     now = datetime.now(UTC)
     after = c.before_quantity + c.quantity if c.before_quantity is not None and c.status == "applied" else None
     conn.execute(
-        "INSERT INTO recon.corrections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO recon.corrections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [c.correction_id, c.partition_hour, c.material_number, c.material_type, c.location, c.unit, c.cause,
          c.target_system, c.quantity, c.truth, c.rule, c.pct_of_balance, c.value, c.critical, c.status,
-         c.decided_by, now, c.before_quantity, after, list(c.explained_by), effective_at, c.note],
+         c.decided_by, now, c.before_quantity, after, list(c.explained_by), effective_at, c.note, c.method],
     )  # fmt: skip
     audit(conn, c.correction_id, "held" if c.status == "held_for_review" else "applied", c.decided_by, c.note)
 
@@ -194,8 +316,11 @@ def alert_held(settings: Settings, c: Correction) -> None:
     subject = (f"{c.material_number} at {c.location}: {c.target_system} off by {c.quantity} {c.unit} "
                f"({c.cause}) needs review")  # fmt: skip
     explained = ", ".join(c.explained_by) or "nothing"
-    message = (f"hour {c.partition_hour:%Y-%m-%d %H:00} UTC; {c.note}; explained by {explained}. "
-               f"Review with `invsync review show {c.correction_id}`.")  # fmt: skip
+    action = {"resend": "re-send these movements to the", "count": "count the stock; nothing posted in the"}.get(
+        c.method, "adjust the"
+    )
+    message = (f"hour {c.partition_hour:%Y-%m-%d %H:00} UTC; {c.note}; explained by {explained}; proposed: "
+               f"{action} {c.target_system}. Review with `invsync review show {c.correction_id}`.")  # fmt: skip
     raise_alert(settings, f"review:{c.correction_id}", "critical" if c.critical else "warning", "correction_review",
                 subject, message)  # fmt: skip
 

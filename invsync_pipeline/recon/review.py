@@ -1,23 +1,31 @@
-"""The review queue: supervisors list, inspect, approve or reject held corrections."""
+"""The review queue: supervisors list, inspect, approve or reject held corrections.
+
+Before an approval is carried out, the correction is checked again against what the systems say
+now: a variance can resolve itself while it waits (the late movement arrives, a count is booked).
+Then the approval is refused with that reason and the item is closed as `resolved`, so a
+movement never lands twice. The hourly run closes such items too (``close_resolved``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import duckdb
 import pandas as pd
 
-from invsync_pipeline.recon.corrections import Correction, ReviewError, apply_correction, audit
+from invsync_pipeline.recon.corrections import MISSING_MOVEMENT_CAUSES, Correction, ReviewError, apply_correction, audit
 from invsync_pipeline.settings import Settings
 
 HELD = "held_for_review"
+_AGREE = Decimal("0.000001")
 
 
 def held(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return conn.execute(
-        """SELECT correction_id, partition_hour, material_number, location, unit, cause, target_system, quantity,
-                  pct_of_balance, value, critical, note
+        """SELECT correction_id, partition_hour, material_number, location, unit, cause, method, target_system,
+                  quantity, pct_of_balance, value, critical, note
            FROM recon.corrections WHERE status = ? ORDER BY partition_hour, correction_id""",
         [HELD],
     ).df()
@@ -49,29 +57,73 @@ def _held_row(conn: duckdb.DuckDBPyConnection, cid: str) -> dict:
     return row
 
 
+def _correction(row: dict, status: str, decided_by: str, note: str | None) -> Correction:
+    return Correction(
+        correction_id=row["correction_id"], partition_hour=row["partition_hour"],
+        material_number=row["material_number"], material_type=row["material_type"], location=row["location"],
+        unit=row["unit"], cause=row["cause"], target_system=row["target_system"],
+        quantity=Decimal(str(row["quantity"])), truth=row["truth"], rule=row["rule"],
+        pct_of_balance=row["pct_of_balance"], value=row["value"], critical=row["critical"], status=status,
+        decided_by=decided_by, before_quantity=row["before_quantity"], explained_by=tuple(row["explained_by"]),
+        note=note, method=row.get("method") or "adjust",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """What the systems say now about a held correction: has its variance resolved itself?"""
+
+    resolved: bool
+    reason: str
+
+
+def recheck(settings: Settings, row: dict) -> Recheck:
+    """Resolved when every movement the correction names has since reached the system that
+    lacked it, or when both systems now hold the same stock of the material-location."""
+    from invsync_pipeline.recon.systems_now import arrived_in, balances_now
+
+    c = _correction(row, row["status"], row["decided_by"], row["note"])
+    named = list(c.explained_by)
+    arrived: set[str] = set()
+    if named and c.cause in MISSING_MOVEMENT_CAUSES:
+        arrived = arrived_in(settings, c.lacking_system, named)
+        if len(arrived) == len(named):
+            return Recheck(True, f"every movement it names has reached the {c.lacking_system} since "
+                                 f"({', '.join(named)})")  # fmt: skip
+    erp_now, mes_now = balances_now(settings, c.material_number, c.location, c.unit)
+    if abs(erp_now - mes_now) <= _AGREE:
+        return Recheck(True, f"the systems agree now: ERP and MES both hold {erp_now.normalize()} {c.unit}")
+    still = f"; {len(arrived)} of {len(named)} named movements arrived" if named else ""
+    return Recheck(False, f"still off now: ERP {erp_now.normalize()}, MES {mes_now.normalize()} {c.unit}{still}")
+
+
 def approve(
     settings: Settings, conn: duckdb.DuckDBPyConnection, cid: str, by: str, note: str | None, effective_at: datetime
 ) -> dict:
-    """Apply a held correction as decided by a supervisor, and record who and when."""
+    """Apply a held correction as decided by a supervisor, and record who and when. Refused, and
+    the item closed as `resolved`, when its variance has resolved itself meanwhile."""
     actor = _actor(by)
     row = _held_row(conn, cid)
-    correction = Correction(
-        correction_id=cid, partition_hour=row["partition_hour"], material_number=row["material_number"],
-        material_type=row["material_type"], location=row["location"], unit=row["unit"], cause=row["cause"],
-        target_system=row["target_system"], quantity=Decimal(str(row["quantity"])), truth=row["truth"],
-        rule=row["rule"], pct_of_balance=row["pct_of_balance"], value=row["value"], critical=row["critical"],
-        status="approved", decided_by=actor, before_quantity=row["before_quantity"],
-        explained_by=tuple(row["explained_by"]), note=note,
-    )  # fmt: skip
-    apply_correction(settings, correction, effective_at)  # raises before anything is recorded
+    check = recheck(settings, row)
+    if check.resolved:
+        _close(conn, cid, actor, f"approval refused: {check.reason}")
+        raise ReviewError(f"approval of {cid} refused: {check.reason}. Nothing was posted; the item is closed "
+                          "as resolved in the audit trail")  # fmt: skip
+    correction = _correction(row, "approved", actor, note)
+    if correction.method == "count":
+        # The supervisor counted and stands by the rule's side: the difference is adjusted.
+        correction = replace(correction, method="adjust")
+    events = apply_correction(settings, conn, correction, effective_at)  # raises before anything is recorded
+    if correction.method == "resend" and events:
+        effective_at = min(e.timestamp for e in events)  # the movements take effect at their own time
     after = row["before_quantity"] + correction.quantity if row["before_quantity"] is not None else None
     conn.execute("BEGIN TRANSACTION")
     conn.execute(
         """UPDATE recon.corrections SET status = 'approved', decided_by = ?, decided_at = ?, after_quantity = ?,
-                  effective_at = ?, note = coalesce(?, note) WHERE correction_id = ?""",
-        [actor, datetime.now(UTC), after, effective_at, note, cid],
+                  effective_at = ?, note = coalesce(?, note), method = ? WHERE correction_id = ?""",
+        [actor, datetime.now(UTC), after, effective_at, note, correction.method, cid],
     )
-    audit(conn, cid, "approved", actor, note)
+    audit(conn, cid, "approved", actor, f"{note + '; ' if note else ''}checked first: {check.reason}")
     conn.execute("COMMIT")
     return show(conn, cid)
 
@@ -91,3 +143,28 @@ def reject(conn: duckdb.DuckDBPyConnection, cid: str, by: str, note: str | None)
     audit(conn, cid, "rejected", actor, note)
     conn.execute("COMMIT")
     return show(conn, cid)
+
+
+def close_resolved(settings: Settings, conn: duckdb.DuckDBPyConnection, actor: str) -> list[tuple[str, str]]:
+    """Close every held item whose variance has resolved itself; (correction_id, reason) of each."""
+    closed = []
+    for cid in conn.execute(
+        "SELECT correction_id FROM recon.corrections WHERE status = ? ORDER BY partition_hour, correction_id", [HELD]
+    ).fetchall():
+        row = show(conn, cid[0])
+        check = recheck(settings, row)
+        if check.resolved:
+            _close(conn, cid[0], actor, check.reason)
+            closed.append((cid[0], check.reason))
+    return closed
+
+
+def _close(conn: duckdb.DuckDBPyConnection, cid: str, actor: str, reason: str) -> None:
+    conn.execute("BEGIN TRANSACTION")
+    conn.execute(
+        "UPDATE recon.corrections SET status = 'resolved', decided_by = ?, decided_at = ?, note = ? "
+        "WHERE correction_id = ?",
+        [actor, datetime.now(UTC), reason, cid],
+    )
+    audit(conn, cid, "resolved", actor, reason)
+    conn.execute("COMMIT")

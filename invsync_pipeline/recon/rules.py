@@ -14,9 +14,9 @@ from invsync_pipeline.settings import PROJECT_ROOT
 DEFAULT_RULES_PATH = PROJECT_ROOT / "data" / "rules.yaml"
 REASONS = ("purchase_receipt", "production_receipt", "production_consumption", "shipment", "scrap", "return",
            "stock_transfer", "physical_inventory", "correction")  # fmt: skip
-CAUSES = ("pending_sync", "retrying", "quarantined", "dead_lettered", "late_delivery", "carried_over", "missing_in_mes",
-          "missing_in_erp", "not_published", "unit_mismatch", "unexplained")  # fmt: skip
-TIMING_CAUSES = ("pending_sync", "retrying", "late_delivery")
+CAUSES = ("in_flight", "pending_sync", "retrying", "quarantined", "dead_lettered", "late_delivery", "carried_over",
+          "missing_in_mes", "missing_in_erp", "not_published", "unit_mismatch", "unexplained")  # fmt: skip
+TIMING_CAUSES = ("in_flight", "pending_sync", "retrying", "late_delivery")
 
 
 class RulesError(ValueError):
@@ -57,6 +57,9 @@ class Rules(_Strict):
     source_of_truth: tuple[TruthRule, ...] = Field(min_length=1)
     thresholds: Thresholds
     always_review: tuple[str, ...] = ("unit_mismatch", "unexplained")
+    # A variance no movement explains on either side (stock moved with nothing recorded):
+    # request_count holds it as a request for a physical count; correct treats it as any other.
+    without_movement: Literal["request_count", "correct"] = "request_count"
 
     @field_validator("always_review")
     @classmethod
@@ -64,6 +67,8 @@ class Rules(_Strict):
         for cause in value:
             if cause not in CAUSES:
                 raise ValueError(f"unknown cause {cause!r}; use one of {', '.join(CAUSES)}")
+            if cause in TIMING_CAUSES:
+                raise ValueError(f"cause {cause!r} resolves by itself and is never corrected; remove it")
         return value
 
     @model_validator(mode="after")

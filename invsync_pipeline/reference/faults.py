@@ -33,9 +33,10 @@ class FaultKind:
 FAULT_KINDS: dict[str, FaultKind] = {
     k.name: k
     for k in (
-        FaultKind("lost_message", "tap_only", "missing_in_mes", (), "MES",
+        # A movement missing on one side is `in_flight` while younger than the in-flight window.
+        FaultKind("lost_message", "tap_only", "missing_in_mes", ("in_flight",), "MES",
                   "posted in the ERP and published to the ledger tap only; the MES never gets it"),
-        FaultKind("erp_posting_never_sent", "not_sent", "not_published", (), "MES",
+        FaultKind("erp_posting_never_sent", "not_sent", "not_published", ("in_flight",), "MES",
                   "posted in the ERP, never published"),
         FaultKind("duplicate", "outbox_twice", "none", (), None,
                   "published twice with the same transaction_id; applied once, so no variance"),
@@ -46,7 +47,7 @@ FAULT_KINDS: dict[str, FaultKind] = {
         FaultKind("malformed", "malformed", "quarantined", ("dead_lettered",), "MES",
                   "posted in the ERP; the message has a non-numeric quantity, so the drain quarantines it and "
                   "the sync worker parks it"),
-        FaultKind("mes_consumption_not_in_erp", "mes_publisher", "missing_in_erp", (), "ERP",
+        FaultKind("mes_consumption_not_in_erp", "mes_publisher", "missing_in_erp", ("in_flight",), "ERP",
                   "backflushed in the MES (and published by it), never posted in the ERP"),
         FaultKind("uom_mismatch", "outbox_other_unit", "unit_mismatch", (), None,
                   "posted in the ERP in the base unit; the message carries a smaller unit (G for KG, x1000), so "

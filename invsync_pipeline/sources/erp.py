@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -156,7 +156,12 @@ class ErpDatabase:
 
     # --- reading -----------------------------------------------------------------------------------
     def stock_as_of(
-        self, ts: datetime | None = None, plant: str | None = None, *, include_zero: bool = False
+        self,
+        ts: datetime | None = None,
+        plant: str | None = None,
+        *,
+        include_zero: bool = False,
+        material: str | None = None,
     ) -> pd.DataFrame:
         """Stock per material and location at instant ``ts`` (None: now), like SAP's MB5B.
 
@@ -167,17 +172,20 @@ class ErpDatabase:
         t = self.tables
         stock, docs, mara = t.stock, t.documents, t.materials
         stock_unit = stock.c.unit if "unit" in stock.c else sa.null()
+        only = lambda table: [  # noqa: E731
+            *([table.c.plant == plant] if plant else []), *([table.c.material == material] if material else [])
+        ]
         parts = [
             sa.select(stock.c.material, stock.c.plant, stock.c.storage_location,
                       stock.c.quantity.label("quantity"), stock_unit.label("unit"))
-            .where(*([stock.c.plant == plant] if plant else []))
+            .where(*only(stock))
         ]  # fmt: skip
         if ts is not None:
             signed = sa.case((docs.c.debit_credit == DEBIT, docs.c.quantity), else_=-docs.c.quantity)
             parts.append(
                 sa.select(docs.c.material, docs.c.plant, docs.c.storage_location,
                           sa.type_coerce(-signed, Quantity()).label("quantity"), docs.c.unit.label("unit"))
-                .where(docs.c.entry_timestamp >= _utc(ts, "ts"), *([docs.c.plant == plant] if plant else []))
+                .where(docs.c.entry_timestamp >= _utc(ts, "ts"), *only(docs))
             )  # fmt: skip
         both = sa.union_all(*parts).subquery("movements_and_stock")
         per_key = (
@@ -226,6 +234,26 @@ class ErpDatabase:
             row["movement_type"] = str(row["movement_type"]).strip()
             row["document_year"] = str(row["document_year"])
         return document_events(rows, self.tables.material_type)
+
+    def events(self, transaction_ids: Iterable[str]) -> dict[str, InventoryEvent]:
+        """The documents posted under these transaction ids, as the contract events they are
+        (a correction that stands in for a lost message re-sends exactly this)."""
+        wanted = sorted(set(transaction_ids))
+        docs, mara = self.tables.documents, self.tables.materials
+        rows: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):  # below every database's bound-parameter limit
+                query = (
+                    sa.select(*labelled(docs.c), mara.c.material_type.label("mtart"))
+                    .select_from(docs.outerjoin(mara, mara.c.material == docs.c.material))
+                    .where(docs.c.transaction_id.in_(wanted[i : i + 500]))
+                    .order_by(docs.c.document_year, docs.c.document_number, docs.c.item)
+                )
+                rows += [dict(row) for row in conn.execute(query).mappings()]
+        for row in rows:
+            row["movement_type"] = str(row["movement_type"]).strip()
+            row["document_year"] = str(row["document_year"])
+        return {e.transaction_id: e for e in document_events(rows, self.tables.material_type)}
 
     # --- plumbing ----------------------------------------------------------------------------------
     @contextmanager

@@ -1,174 +1,71 @@
--- Builds recon.variance_investigation for one hour ($partition_hour): for every
--- variance, the transactions that explain it and why, in the order an analyst would look:
--- (a) still in the pipeline (queued, retrying, parked, quarantined), (b) arrived late: the MES
--- applied it only after its snapshot was taken (recon.mes_applied_observed: the MES log as read
--- when the hour was first investigated), (c) the ERP's documents and the MES's applied log against the ledger,
--- (d) what is left.
+-- Builds recon.variance_investigation for one hour ($partition_hour): for every variance, the
+-- causes that explain it with their transaction_ids, summed from the movements in
+-- recon.explained_movements (recon/explained_movements.sql), then what the systems already
+-- disagreed on when the hour began (carried_over), and whatever is left (unexplained).
 WITH variances AS (
     SELECT * FROM recon.variances WHERE partition_hour = $partition_hour AND is_variance
 ),
 
--- NOT MATERIALIZED here and below: each is read more than once, and scanning the tables again is
--- faster than copying millions of rows into memory.
-events AS NOT MATERIALIZED (
-    SELECT * FROM staging.inventory_events WHERE partition_hour = $partition_hour
-),
-
--- Each ledger event's change of stock per location (cycle counts carry no movement here).
-all_ledger_fx AS NOT MATERIALIZED (
-    SELECT transaction_id, material_number, location, unit, target_system, source_system, reason, received_at,
-           CASE WHEN transaction_type IN ('issue', 'transfer') THEN -quantity ELSE quantity END AS qty
-    FROM events WHERE transaction_type <> 'cycle_count'
-    UNION ALL
-    SELECT transaction_id, material_number, to_location, unit, target_system, source_system, reason, received_at,
-           quantity
-    FROM events WHERE transaction_type = 'transfer'
-),
-
-all_erp_fx AS NOT MATERIALIZED (
-    SELECT transaction_id, material_number, location, unit, reason, quantity_effect AS qty
-    FROM snapshots.erp_movements WHERE partition_hour = $partition_hour
-),
-
-all_mes_fx AS NOT MATERIALIZED (
-    SELECT transaction_id, material_number, location, unit, quantity_effect AS qty
-    FROM snapshots.mes_applied WHERE partition_hour = $partition_hour AND status = 'applied'
-),
-
--- Only a transaction with a row at a variance's material x location x unit can explain it, and
--- everything below compares transactions by transaction_id: keeping just those transactions
--- finds the same, without joining the hour's millions of transactions that explain nothing.
-explaining AS (
-    SELECT transaction_id FROM all_ledger_fx SEMI JOIN variances USING (material_number, location, unit)
-    UNION
-    SELECT transaction_id FROM all_erp_fx SEMI JOIN variances USING (material_number, location, unit)
-    UNION
-    SELECT transaction_id FROM all_mes_fx SEMI JOIN variances USING (material_number, location, unit)
-),
-
-ledger_fx AS (SELECT * FROM all_ledger_fx SEMI JOIN explaining USING (transaction_id)),
-
--- "Is it in the ledger?" asks of every event of the hour, cycle counts included: both systems
--- book a count (the ERP its difference document, the MES the change in its applied log) under
--- the count's transaction_id, though ledger_fx leaves counts out.
-ledger_ids AS (SELECT transaction_id FROM events SEMI JOIN explaining USING (transaction_id)),
-
-erp_fx AS (SELECT * FROM all_erp_fx SEMI JOIN explaining USING (transaction_id)),
-
-mes_fx AS (SELECT * FROM all_mes_fx SEMI JOIN explaining USING (transaction_id)),
-
-backlog AS (
-    SELECT transaction_id, any_value(kind) AS kind, any_value(place) AS place, any_value(reason) AS reason
-    FROM recon.pipeline_backlog
-    WHERE partition_hour = $partition_hour AND transaction_id IS NOT NULL
-    GROUP BY transaction_id
-),
-
--- The ERP booked it under one unit, the message carried another: both unit rows are off.
-unit_mismatches AS (
-    SELECT e.transaction_id, e.material_number, e.location, e.unit AS erp_unit, l.unit AS ledger_unit,
-           e.qty AS erp_qty, l.qty AS ledger_qty
-    FROM erp_fx AS e
-    JOIN ledger_fx AS l USING (transaction_id, material_number, location)
-    WHERE e.unit <> l.unit
-),
-
-explanations AS (
-    -- ERP side of a unit mismatch: the MES lacks the movement in the ERP's unit ...
-    SELECT material_number, location, erp_unit AS unit, 'MES' AS system, 'unit_mismatch' AS cause,
-           erp_qty AS qty, transaction_id, reason_text
-    FROM (SELECT *, 'the message carried ' || ledger_unit || ' where the ERP booked ' || erp_unit AS reason_text
-          FROM unit_mismatches)
-    UNION ALL
-    -- ... and the ERP lacks it in the message's unit.
-    SELECT material_number, location, ledger_unit, 'ERP', 'unit_mismatch', ledger_qty, transaction_id,
-           'the message carried ' || ledger_unit || ' where the ERP booked ' || erp_unit
-    FROM unit_mismatches
-
-    UNION ALL
-    -- Booked in the ERP, never in the ledger: still in the pipeline, quarantined, or never sent.
-    SELECT e.material_number, e.location, e.unit, 'MES',
-           coalesce(b.kind, 'not_published'), e.qty, e.transaction_id,
-           coalesce(b.place || ': ' || b.reason, 'ERP document with no event on the exchange')
-    FROM erp_fx AS e
-    LEFT JOIN backlog AS b USING (transaction_id)
-    WHERE e.transaction_id NOT IN (SELECT transaction_id FROM ledger_ids)
-      AND e.transaction_id NOT IN (SELECT transaction_id FROM unit_mismatches)
-
-    UNION ALL
-    -- In the ledger and meant for the MES, not in the MES's applied log.
-    SELECT l.material_number, l.location, l.unit, 'MES',
-           CASE WHEN b.kind IS NOT NULL THEN b.kind
-                WHEN now.applied_at IS NOT NULL THEN 'late_delivery'
-                ELSE 'missing_in_mes' END,
-           l.qty, l.transaction_id,
-           coalesce(b.place || ': ' || b.reason,
-                    'applied by the MES at ' || strftime(now.applied_at, '%Y-%m-%d %H:%M:%S') || ', after its snapshot',
-                    'received ' || strftime(l.received_at, '%Y-%m-%d %H:%M:%S') || '; not in the MES applied log')
-    FROM ledger_fx AS l
-    LEFT JOIN backlog AS b USING (transaction_id)
-    LEFT JOIN (
-        SELECT transaction_id, applied_at FROM recon.mes_applied_observed WHERE partition_hour = $partition_hour
-    ) AS now USING (transaction_id)
-    WHERE coalesce(l.target_system, 'MES') = 'MES'
-      AND l.transaction_id NOT IN (SELECT transaction_id FROM mes_fx)
-      AND l.transaction_id NOT IN (SELECT transaction_id FROM unit_mismatches)
-
-    UNION ALL
-    -- In the ledger and meant for the ERP (MES backflushes, ERP corrections), not in the ERP.
-    SELECT l.material_number, l.location, l.unit, 'ERP',
-           'missing_in_erp',
-           l.qty, l.transaction_id, 'from ' || l.source_system || ', ' || l.reason
-    FROM ledger_fx AS l
-    WHERE coalesce(l.target_system, 'ERP') = 'ERP'
-      AND l.source_system <> 'ERP'
-      AND l.transaction_id NOT IN (SELECT transaction_id FROM erp_fx)
-
-    UNION ALL
-    -- Applied in the MES, never in the ledger (an MES posting that was not published).
-    SELECT m.material_number, m.location, m.unit, 'ERP', 'not_published', m.qty, m.transaction_id,
-           'MES applied it; no event on the exchange'
-    FROM mes_fx AS m
-    WHERE m.transaction_id NOT IN (SELECT transaction_id FROM ledger_ids)
-      AND m.transaction_id NOT IN (SELECT transaction_id FROM erp_fx)
+movements AS (
+    SELECT * FROM recon.explained_movements WHERE partition_hour = $partition_hour
 ),
 
 explained AS (
     SELECT
-        x.material_number, x.location, x.unit, x.system, x.cause,
-        sum(x.qty) AS explained_quantity,
-        list(DISTINCT x.transaction_id ORDER BY x.transaction_id) AS transaction_ids,
-        string_agg(DISTINCT x.reason_text, '; ') AS detail
-    FROM explanations AS x
-    JOIN variances AS v USING (material_number, location, unit)
+        material_number, location, unit, system, cause,
+        sum(quantity) AS explained_quantity,
+        list(DISTINCT transaction_id ORDER BY transaction_id) AS transaction_ids,
+        string_agg(DISTINCT detail, '; ' ORDER BY detail) AS detail
+    FROM movements
+    GROUP BY ALL
+),
+
+-- Movements an earlier hour found in flight and this hour found still missing: they are part of
+-- the difference the hour began with, now explained on their own, so the carried part shrinks.
+looked_at_again AS (
+    SELECT material_number, location, unit,
+           coalesce(sum(quantity) FILTER (WHERE system = 'MES'), 0) AS mes_lacks,
+           coalesce(sum(quantity) FILTER (WHERE system = 'ERP'), 0) AS erp_lacks
+    FROM movements
+    WHERE in_flight_since IS NOT NULL
     GROUP BY ALL
 ),
 
 -- The RECON corrections posted within the hour, per system they correct: each closes (part of)
--- a difference the systems began the hour with.
+-- a difference the systems began the hour with. As in recon/variances.sql, only what the hour's
+-- first reconciliation saw.
 corrected AS (
-    SELECT material_number, location, unit,
-           coalesce(sum(qty) FILTER (WHERE target_system = 'ERP'), 0) AS to_erp,
-           coalesce(sum(qty) FILTER (WHERE target_system = 'MES'), 0) AS to_mes
-    FROM ledger_fx
-    WHERE source_system = 'RECON' AND reason = 'correction'
+    SELECT e.material_number, e.location, e.unit,
+           coalesce(sum(e.quantity) FILTER (WHERE e.target_system = 'ERP'), 0) AS to_erp,
+           coalesce(sum(e.quantity) FILTER (WHERE e.target_system = 'MES'), 0) AS to_mes
+    FROM staging.inventory_events AS e
+    LEFT JOIN recon.reconciled_hours AS r USING (partition_hour)
+    SEMI JOIN variances AS v
+        ON v.material_number = e.material_number AND v.location = e.location AND v.unit = e.unit
+    WHERE e.partition_hour = $partition_hour
+      AND (r.first_reconciled_at IS NULL OR e.received_at <= r.first_reconciled_at)
+      AND e.source_system = 'RECON' AND e.reason = 'correction' AND e.transaction_type = 'adjustment'
     GROUP BY ALL
 ),
 
 -- The systems already disagreed when the hour began: a difference found (and corrected, or
--- held for review) in an earlier hour, not a new one. It names that hour's transactions. Only
--- what the hour's corrections left of it is carried to the hour's end; a correction its system
--- did not book is explained above (missing_in_mes or missing_in_erp), as any other transaction.
+-- held for review, or still in flight) in an earlier hour, not a new one. It names that hour's
+-- transactions. Only what the hour's corrections and the movements looked at again left of it is
+-- carried to the hour's end; a correction its system did not book is explained above
+-- (missing_in_mes or missing_in_erp), as any other transaction.
 carried AS (
     SELECT
         v.material_number, v.location, v.unit, 'MES' AS system, 'carried_over' AS cause,
-        (v.erp_begin + coalesce(c.to_erp, 0)) - (v.mes_begin + coalesce(c.to_mes, 0)) AS explained_quantity,
+        (v.erp_begin + coalesce(c.to_erp, 0)) - (v.mes_begin + coalesce(c.to_mes, 0))
+            - coalesce(a.mes_lacks, 0) + coalesce(a.erp_lacks, 0) AS explained_quantity,
         coalesce(earlier.transaction_ids, []) AS transaction_ids,
         'the systems already disagreed when the hour began'
             || CASE WHEN c.material_number IS NOT NULL THEN '; less the RECON corrections of the hour' ELSE '' END
+            || CASE WHEN a.material_number IS NOT NULL THEN '; less the movements looked at again' ELSE '' END
             AS detail
     FROM variances AS v
     LEFT JOIN corrected AS c USING (material_number, location, unit)
+    LEFT JOIN looked_at_again AS a USING (material_number, location, unit)
     LEFT JOIN (
         SELECT material_number, location, unit, arg_max(transaction_ids, partition_hour) AS transaction_ids
         FROM recon.variance_investigation
@@ -176,7 +73,8 @@ carried AS (
         GROUP BY ALL
     ) AS earlier USING (material_number, location, unit)
     WHERE v.erp_begin <> v.mes_begin
-      AND abs((v.erp_begin + coalesce(c.to_erp, 0)) - (v.mes_begin + coalesce(c.to_mes, 0))) > 0.000001
+      AND abs((v.erp_begin + coalesce(c.to_erp, 0)) - (v.mes_begin + coalesce(c.to_mes, 0))
+              - coalesce(a.mes_lacks, 0) + coalesce(a.erp_lacks, 0)) > 0.000001
 ),
 
 all_explained AS (
@@ -199,7 +97,7 @@ residuals AS (
 )
 
 SELECT CAST($partition_hour AS TIMESTAMPTZ) AS partition_hour, material_number, location, unit, system, cause,
-       cause IN ('pending_sync', 'retrying', 'late_delivery') AS is_timing,
+       cause IN ('in_flight', 'pending_sync', 'retrying', 'late_delivery') AS is_timing,
        explained_quantity, transaction_ids, detail
 FROM all_explained
 UNION ALL

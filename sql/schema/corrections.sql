@@ -20,17 +20,24 @@ CREATE TABLE IF NOT EXISTS recon.corrections (
     pct_of_balance   DECIMAL(18,4),
     value            DECIMAL(18,2),
     critical         BOOLEAN       NOT NULL,
-    status           VARCHAR       NOT NULL,  -- applied | held_for_review | approved | rejected
+    status           VARCHAR       NOT NULL,  -- applied | held_for_review | approved | rejected | resolved
     decided_by       VARCHAR       NOT NULL,  -- auto:<rule> or supervisor:<name>
     decided_at       TIMESTAMPTZ   NOT NULL,
     before_quantity  DECIMAL(18,6),           -- target system's balance at the hour's end
     after_quantity   DECIMAL(18,6),
     explained_by     VARCHAR[]     NOT NULL,  -- transaction_ids that explain the difference
     effective_at     TIMESTAMPTZ,             -- timestamp of the correction event once applied
-    note             VARCHAR
+    note             VARCHAR,
+    -- resend: the movements themselves, re-sent to the system that lacks them under their own
+    --         transaction_ids (a late original is then a duplicate that idempotency refuses);
+    -- adjust: a RECON adjustment; a late original of a movement it compensates is refused as such;
+    -- count:  no movement explains it: a physical count is requested, nothing is posted.
+    method           VARCHAR
 );
+ALTER TABLE recon.corrections ADD COLUMN IF NOT EXISTS method VARCHAR;
 
--- Append-only: one row per action on a correction (decided, held, approved, rejected, applied).
+-- Append-only: one row per action on a correction (held, applied, approved, rejected, resolved,
+-- refused: an approval refused because the variance had resolved itself).
 CREATE TABLE IF NOT EXISTS recon.correction_audit_log (
     logged_at        TIMESTAMPTZ   NOT NULL,
     correction_id    VARCHAR       NOT NULL,
