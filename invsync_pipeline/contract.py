@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from invsync_pipeline.settings import Settings
 
 SCHEMA_VERSION = "1"
 ROUTING_KEY_PREFIX = "inventory"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_AGE_DAYS = 400
+DEFAULT_MAX_FUTURE_MINUTES = 60
+# A v1 body is one flat object. Anything nested deeper than this is refused before it is
+# parsed, so no body can exhaust the parser's recursion.
+MAX_JSON_DEPTH = 16
+# Characters of one number (a JSON number, or a quantity string): far above any quantity
+# (< 1e12, 6 decimals) and far below Python's 4,300-digit limit for converting text to int.
+MAX_NUMBER_CHARS = 40
 # AMQP header with the publish time in ms (the AMQP timestamp property has whole seconds);
 # the sync worker measures sync lag from it.
 PUBLISHED_MS_HEADER = "x-invsync-published-ms"
@@ -38,11 +51,20 @@ Reason = Literal[
     "correction",
 ]
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+# Python regexes are only ever used with fullmatch: "$" would also match before a trailing
+# newline, and \d would match any Unicode digit.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_RFC3339_LONG_FRACTION = re.compile(r"[0-9-]{10}[Tt][0-9:]{8}\.[0-9]{7,}([Zz]|[+-][0-9:]{5})")
+# Pydantic's patterns run on Rust's regex engine, where $ is the end of the text; [0-9], not \d,
+# because \d is any Unicode digit there too.
 _LOCATION = r"^[A-Za-z0-9_-]{1,16}/[A-Za-z0-9_-]{1,16}$"
+_MOVEMENT_TYPE = r"^[0-9]{3}$"
 _QUANTITY_MAX = Decimal("1e12")
 _QUANTITY_DECIMALS = 6
-_DECIMAL_STRING = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+_DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
 # SAP movement type -> contract transaction type (DESIGN.md). A reversal is the code + 1 and
 # the opposite movement: 102 reverses a receipt, so it is an issue; 312 is still a transfer.
@@ -59,12 +81,15 @@ for _code, _kind in list(MOVEMENT_TYPES.items()):
 
 
 class ContractViolation(ValueError):
-    """A message broke a rule of the contract. ``field``, ``value`` and ``rule`` say which."""
+    """A message broke a rule of the contract. ``field``, ``value`` and ``rule`` say which.
+
+    The value is kept short and always encodable as UTF-8, since it travels on in headers, JSON
+    and logs: a long text is cut, a huge integer or a container becomes a short description."""
 
     def __init__(self, field: str, value: Any, rule: str):
-        self.field = field
-        self.value = value
-        self.rule = rule
+        self.field = _shown(field)
+        self.value = _shown(value)
+        self.rule = _shown(rule, limit=500)
         super().__init__(str(self))
 
     def __reduce__(self):  # picklable, so it can cross process boundaries
@@ -75,7 +100,28 @@ class ContractViolation(ValueError):
 
 
 def _short(value: Any, limit: int = 80) -> str:
-    text = str(value) if isinstance(value, Decimal) else repr(value)
+    try:
+        text = str(value) if isinstance(value, Decimal) else repr(value)
+    except Exception:  # noqa: BLE001 - a value too deep or too big to show is still refused
+        text = f"<{type(value).__name__} that cannot be shown>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any, limit: int = 200) -> Any:
+    """A value as a violation keeps it: small, and encodable as UTF-8 (no lone surrogates)."""
+    if value is None or isinstance(value, bool | float | _Missing):
+        return value
+    if isinstance(value, int):
+        # str() of an int over 4,300 digits raises; ~60 digits is plenty to show.
+        return (
+            value if value.bit_length() <= 200 else f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
+        )
+    if isinstance(value, Decimal):
+        return value if len(value.as_tuple().digits) <= 60 else _short(value, limit)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value[:limit])
+    text = value if isinstance(value, str) else _short(value, limit)
+    text = text[: limit + 1].encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -97,8 +143,17 @@ class InventoryEvent(BaseModel):
     transaction_type: TransactionType
     reason: Reason
     erp_reference: str = Field(min_length=1, max_length=64)
-    movement_type: str | None = Field(default=None, pattern=r"^\d{3}$")
+    movement_type: str | None = Field(default=None, pattern=_MOVEMENT_TYPE)
     target_system: TargetSystem | None = None
+
+    @field_validator("transaction_id", "material_number", "erp_reference")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        # NUL cannot be stored in PostgreSQL text, and a zero-width or control character makes
+        # an identifier that looks exactly like another one: identifiers are printable text.
+        if not value.isprintable():
+            raise PydanticCustomError("not_printable", _NOT_PRINTABLE_RULE)
+        return value
 
     @property
     def warehouse(self) -> str:
@@ -156,14 +211,131 @@ def routing_key(warehouse: str, material_type: str, transaction_type: str) -> st
     return f"{ROUTING_KEY_PREFIX}.{warehouse.lower()}.{material_type}.{transaction_type}"
 
 
-def parse_event(body: bytes | str | dict, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> InventoryEvent:
-    """Parse and validate a message body; raise ContractViolation naming field, value and rule."""
-    data = body if isinstance(body, dict) else _decode(body, max_body_bytes)
-    data = dict(data)
+@dataclass(frozen=True)
+class ContractLimits:
+    """How much a sender may write: the body's size, and how far into the past and the future a
+    timestamp may lie (relative to now, UTC, when the message is parsed; None: no bound).
+
+    The horizon keeps an event from a clock gone wrong (year 9999, or 0001) out of the staged
+    log, where its hour would wait for its turn forever. Build it from settings with
+    ``ContractLimits.from_settings(settings)`` (``staging.max_body_bytes``, ``contract.*``)."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_age_days: int | None = DEFAULT_MAX_AGE_DAYS
+    max_future_minutes: int | None = DEFAULT_MAX_FUTURE_MINUTES
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ContractLimits:
+        return cls(
+            max_body_bytes=settings.staging.max_body_bytes,
+            max_age_days=settings.contract.max_age_days,
+            max_future_minutes=settings.contract.max_future_minutes,
+        )
+
+
+DEFAULT_LIMITS = ContractLimits()
+# An event built by code, or read back from a system that recorded it long ago (the ERP's
+# documents, the MES's applied log): its age is history, not a fault.
+NO_HORIZON = ContractLimits(max_age_days=None, max_future_minutes=None)
+
+
+def parse_event(
+    body: bytes | str | dict,
+    *,
+    max_body_bytes: int | None = None,
+    limits: ContractLimits | None = None,
+) -> InventoryEvent:
+    """Parse and validate a message body; raise ContractViolation naming field, value and rule.
+
+    It never raises anything else, whatever the body holds. ``limits`` bound what a sender may
+    write; without them a body as received (bytes or str) gets ``DEFAULT_LIMITS``, and a dict
+    (an event built by code or read back from a system of record) gets no time horizon, just
+    as the size limit only ever applied to bytes. ``max_body_bytes`` overrides the limits' one."""
+    if limits is None:
+        limits = NO_HORIZON if isinstance(body, dict) else DEFAULT_LIMITS
+    if max_body_bytes is not None:
+        limits = replace(limits, max_body_bytes=max_body_bytes)
+    try:
+        return _parse(body, limits)
+    except ContractViolation:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of invariant 3
+        # A kind of bad body nobody has thought of yet is still that message's fault alone.
+        raise ContractViolation("body", _preview(body), f"could not be read: {_error_text(exc)}") from exc
+
+
+def try_parse_event(
+    body: bytes | str | dict, *, max_body_bytes: int | None = None, limits: ContractLimits | None = None
+) -> InventoryEvent | ContractViolation:
+    """Like ``parse_event`` but returns the violation instead of raising it."""
+    try:
+        return parse_event(body, max_body_bytes=max_body_bytes, limits=limits)
+    except ContractViolation as violation:
+        return violation
+
+
+def best_effort_fields(body: Any) -> dict[str, Any]:
+    """The top-level fields of a body that may break the contract, as far as they can be read.
+
+    For tools that show, filter or route invalid messages (the DLQ, the backlog). Never raises:
+    {} when the body is not a readable JSON object. Duplicate keys keep the last value, numbers
+    come as int or exact Decimal (those too long to convert are left out), text is always
+    encodable as UTF-8 (lone surrogates become backslash escapes)."""
+    try:
+        if isinstance(body, dict):
+            data = body
+        else:
+            raw = (
+                bytes(body)
+                if isinstance(body, bytes | bytearray | memoryview)
+                else str(body).encode("utf-8", "surrogatepass")
+            )
+            if len(raw) > _BEST_EFFORT_MAX_BYTES:
+                return {}
+            text = raw.decode("utf-8", "replace")
+            if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
+                return {}
+            data = _LENIENT_JSON.decode(text)
+        if not isinstance(data, dict):
+            return {}
+        return {
+            _encodable(str(key)): _encodable(value) if isinstance(value, str) else value
+            for key, value in data.items()
+            if not isinstance(value, _Refused)
+        }
+    except Exception:  # noqa: BLE001 - best effort: nothing readable is an answer too
+        return {}
+
+
+_BEST_EFFORT_MAX_BYTES = 16 * 1024 * 1024
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _preview(body: Any) -> Any:
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body[:40])
+    if isinstance(body, str):
+        return body[:40]
+    return f"<{type(body).__name__}>"
+
+
+def _error_text(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001
+        text = ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _parse(body: bytes | str | dict, limits: ContractLimits) -> InventoryEvent:
+    data = dict(body) if isinstance(body, dict) else _decode(body, limits.max_body_bytes)
     # Only present fields are converted: a missing one must reach pydantic as missing, so the
     # error says "is required" rather than complaining about the type of a placeholder.
     if "timestamp" in data:
-        data["timestamp"] = _timestamp(data["timestamp"])
+        data["timestamp"] = _timestamp(data["timestamp"], limits)
     if "quantity" in data:
         data["quantity"] = _quantity(data["quantity"])
     try:
@@ -174,16 +346,6 @@ def parse_event(body: bytes | str | dict, *, max_body_bytes: int = DEFAULT_MAX_B
     return event
 
 
-def try_parse_event(
-    body: bytes | str | dict, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-) -> InventoryEvent | ContractViolation:
-    """Like ``parse_event`` but returns the violation instead of raising it."""
-    try:
-        return parse_event(body, max_body_bytes=max_body_bytes)
-    except ContractViolation as violation:
-        return violation
-
-
 class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
@@ -192,7 +354,90 @@ class _Missing:
 _MISSING = _Missing()
 
 
+class _Refused:
+    """A JSON value the decoder would not turn into a Python one (a number too long, NaN):
+    the object holding it names the field."""
+
+    __slots__ = ("text", "rule")
+
+    def __init__(self, text: str, rule: str):
+        self.text = text if len(text) <= 40 else f"{text[:20]}...<{len(text)} chars>"
+        self.rule = rule
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _json_int(text: str) -> int | _Refused:
+    if len(text) > MAX_NUMBER_CHARS:
+        return _Refused(text, f"must be a number of at most {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _json_decimal(text: str) -> Decimal | _Refused:
+    # Decimal, not float: a quantity stays exactly what the sender wrote.
+    if len(text) > MAX_NUMBER_CHARS:
+        return _Refused(text, f"must be a number of at most {MAX_NUMBER_CHARS} characters")
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond what Decimal holds
+        return _Refused(text, "must be a number Decimal can hold")
+
+
+def _refused_constant(text: str) -> _Refused:
+    return _Refused(text, "must be a finite number; NaN and Infinity are not JSON")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, value in pairs:
+            if key in seen:
+                raise ContractViolation(key, value, "appears twice in the object; each field may be given once")
+            seen.add(key)
+    for key, value in obj.items():
+        if type(value) is _Refused:
+            raise ContractViolation(key, value.text, value.rule)
+    return obj
+
+
+# Numbers are bounded before conversion and kept exact, NaN and Infinity refused; the strict
+# decoder also refuses duplicate keys (with the last one winning, a reader could see either).
+_STRICT_JSON = json.JSONDecoder(
+    object_pairs_hook=_object, parse_int=_json_int, parse_float=_json_decimal, parse_constant=_refused_constant
+)
+_LENIENT_JSON = json.JSONDecoder(parse_int=_json_int, parse_float=_json_decimal, parse_constant=_refused_constant)
+
+
+def _nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """True when JSON text nests arrays and objects deeper than ``limit`` (strings skipped)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case, at C speed
+    depth, in_string, skip_to = 0, False, -1
+    for match in _JSON_STRUCTURE.finditer(text):
+        at, char = match.start(), match.group()
+        if at < skip_to:
+            continue  # the character after a backslash in a string
+        if in_string:
+            if char == "\\":
+                skip_to = at + 2
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
 def _decode(body: bytes | str, max_body_bytes: int) -> dict:
+    if isinstance(body, memoryview | bytearray):
+        body = bytes(body)
     # The limit is on bytes on the wire; a str counts its UTF-8 encoding, not its characters.
     size = len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else len(body)
     if size == 0:
@@ -200,56 +445,98 @@ def _decode(body: bytes | str, max_body_bytes: int) -> dict:
     if size > max_body_bytes:
         raise ContractViolation("body", f"<{size} bytes>", f"must be at most {max_body_bytes} bytes")
     try:
-        data = json.loads(body.decode("utf-8") if isinstance(body, bytes | bytearray) else body)
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError as exc:
         raise ContractViolation("body", body[:40], f"must be UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
+        raise ContractViolation(
+            "body",
+            body[:40],
+            f"must not nest arrays or objects more than {MAX_JSON_DEPTH} deep (v1 is one flat object)",
+        )
+    try:
+        data = _STRICT_JSON.decode(text)
     except json.JSONDecodeError as exc:
         raise ContractViolation("body", body[:40], f"must be JSON ({exc.msg} at char {exc.pos})") from None
+    if isinstance(data, _Refused):
+        raise ContractViolation("body", data.text, data.rule)
     if not isinstance(data, dict):
         raise ContractViolation("body", data, f"must be a JSON object, got {type(data).__name__}")
     return data
 
 
-def _timestamp(value: Any) -> Any:
+def _timestamp(value: Any, limits: ContractLimits) -> Any:
     if value is _MISSING:
         return value  # pydantic reports the missing field
-    if not isinstance(value, str) or not _RFC3339.match(value):
+    if isinstance(value, str) and _RFC3339_LONG_FRACTION.fullmatch(value):
+        raise ContractViolation("timestamp", value, "must have at most 6 digits of fractional seconds (microseconds)")
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise ContractViolation(
             "timestamp", value, "must be an RFC 3339 string with an offset, e.g. 2026-11-24T10:15:00Z"
         )
     try:
         # Normalised to UTC, so hour partitions never depend on the sender's offset.
-        return datetime.fromisoformat(value.replace("z", "Z")).astimezone(UTC)
-    except ValueError as exc:
-        raise ContractViolation("timestamp", value, f"is not a real date and time ({exc})") from None
+        ts = datetime.fromisoformat(value.replace("z", "Z")).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        # Overflow: a valid local time whose UTC instant lies outside years 1-9999.
+        raise ContractViolation("timestamp", value, f"is not a real date and time in UTC ({exc})") from None
+    now = datetime.now(UTC)
+    if limits.max_age_days is not None and ts < _shifted(now, -timedelta(days=limits.max_age_days)):
+        raise ContractViolation(
+            "timestamp",
+            value,
+            f"must be at most {limits.max_age_days} days in the past (setting contract.max_age_days)",
+        )
+    if limits.max_future_minutes is not None and ts > _shifted(now, timedelta(minutes=limits.max_future_minutes)):
+        raise ContractViolation(
+            "timestamp",
+            value,
+            f"must be at most {limits.max_future_minutes} minutes in the future; check the sender's clock "
+            "(setting contract.max_future_minutes)",
+        )
+    return ts
+
+
+def _shifted(now: datetime, by: timedelta) -> datetime:
+    try:
+        return now + by
+    except OverflowError:  # a horizon past year 1 or 9999 bounds nothing
+        return datetime.min.replace(tzinfo=UTC) if by < timedelta(0) else datetime.max.replace(tzinfo=UTC)
 
 
 def _quantity(value: Any) -> Any:
     if value is _MISSING:
         return value
     # bool is an int in Python; a JSON true is never a quantity.
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ContractViolation("quantity", value, "must be a decimal number (JSON number or numeric string)")
-    if isinstance(value, str) and not _DECIMAL_STRING.match(value):
-        raise ContractViolation("quantity", value, 'must be a plain decimal string such as "12.5" or "-3"')
+    if isinstance(value, int) and abs(value) >= _QUANTITY_MAX:
+        # Compared as an int: turning a huge one into text could fail (over 4,300 digits).
+        raise ContractViolation("quantity", value, f"must be below {_QUANTITY_MAX:,.0f} in absolute value")
+    if isinstance(value, str):
+        if len(value) > MAX_NUMBER_CHARS:
+            raise ContractViolation("quantity", value, f"must be a decimal of at most {MAX_NUMBER_CHARS} characters")
+        if not _DECIMAL_STRING.fullmatch(value):
+            raise ContractViolation("quantity", value, 'must be a plain decimal string such as "12.5" or "-3"')
     try:
-        quantity = Decimal(str(value)) if not isinstance(value, str) else Decimal(value)
-    except InvalidOperation:
+        quantity = value if isinstance(value, Decimal) else Decimal(value if isinstance(value, str) else str(value))
+    except (InvalidOperation, ValueError):
         raise ContractViolation("quantity", value, "must be a decimal number") from None
     if not quantity.is_finite():
         raise ContractViolation("quantity", value, "must be a finite number")
     if abs(quantity) >= _QUANTITY_MAX:
         raise ContractViolation("quantity", value, f"must be below {_QUANTITY_MAX:,.0f} in absolute value")
-    if -quantity.as_tuple().exponent > _QUANTITY_DECIMALS and quantity != quantity.quantize(
-        Decimal(1).scaleb(-_QUANTITY_DECIMALS)
-    ):
+    step = Decimal(1).scaleb(-_QUANTITY_DECIMALS)
+    if -quantity.as_tuple().exponent > _QUANTITY_DECIMALS and quantity != quantity.quantize(step):
         raise ContractViolation("quantity", value, f"must have at most {_QUANTITY_DECIMALS} decimal places")
     # One canonical form ("1.50" and "1.5" are the same quantity), never in exponent notation.
-    quantity = quantity.quantize(Decimal(1).scaleb(-_QUANTITY_DECIMALS)).normalize()
+    quantity = quantity.quantize(step).normalize()
     return quantity if quantity.as_tuple().exponent <= 0 else quantity.quantize(Decimal(1))
 
 
+_NOT_PRINTABLE_RULE = "must be printable text: no control, zero-width, line-break or non-ASCII space characters"
 _RULES = {
+    "string_unicode": "must be valid Unicode text (a lone surrogate is not)",
     "literal_error": "must be one of {expected}",
     "missing": "is required",
     "string_too_short": "must be at least {min_length} characters",
@@ -316,13 +603,30 @@ def _check_cross_field_rules(event: InventoryEvent) -> None:
             raise ContractViolation("quantity", quantity, "must be < 0 for movement type 702 (inventory loss)")
 
 
+# Characters str.isprintable() refuses that an identifier could hide, as a regex class (JSON
+# Schema patterns are ECMA-262; Python's re reads the same escapes).
+_NOT_PRINTABLE_CLASS = (
+    "\\x00-\\x1f\\x7f-\\xa0\\xad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u1680\\u180e"
+    "\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066-\\u206f\\u3000\\ud800-\\udfff\\ufeff\\ufff9-\\ufffb"
+)
+
+
+def _schema_pattern(body: str) -> str:
+    """An anchored JSON Schema pattern. (?!\\n) because Python's $ (used by Python validators)
+    also matches before a trailing newline; in ECMA-262 it changes nothing."""
+    return f"^(?:{body})(?!\\n)$"
+
+
 def json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of contract v1, for teams that publish or consume events."""
     schema = InventoryEvent.model_json_schema(mode="validation")
     props = schema["properties"]
-    props["timestamp"] = {"type": "string", "format": "date-time", "pattern": _RFC3339.pattern,
-                          "description": "RFC 3339 with an offset; when the movement happened"}  # fmt: skip
-    props["quantity"] = {"type": ["number", "string"], "pattern": r"^-?\d+(\.\d{1,6})?$",
+    props["timestamp"] = {"type": "string", "format": "date-time", "pattern": _schema_pattern(_RFC3339.pattern),
+                          "description": "RFC 3339 with an offset, at most 6 fractional digits; when the movement "
+                                         "happened, at most contract.max_age_days (400) in the past and "
+                                         "contract.max_future_minutes (60) in the future"}  # fmt: skip
+    props["quantity"] = {"type": ["number", "string"], "pattern": _schema_pattern(r"-?[0-9]+(\.[0-9]{1,6})?"),
+                         "maxLength": MAX_NUMBER_CHARS,
                          "description": "decimal; receipt/issue/transfer > 0, adjustment signed and "
                                         "non-zero, cycle_count the counted balance >= 0"}  # fmt: skip
     for optional in ("to_location", "movement_type", "target_system"):
@@ -330,8 +634,19 @@ def json_schema() -> dict[str, Any]:
         props[optional].pop("anyOf", None)
     # null is read as absent by the parser, so the schema allows it too.
     props["to_location"].update(type=["string", "null"], pattern=_LOCATION)
-    props["movement_type"].update(type=["string", "null"], pattern=r"^\d{3}$")
+    props["movement_type"].update(type=["string", "null"], pattern=_MOVEMENT_TYPE)
     props["target_system"].update(type=["string", "null"], enum=["ERP", "MES", None])
+    # Identifiers are printable text (str.isprintable in the parser). A JSON Schema pattern cannot
+    # name Unicode categories portably, so it lists the characters that matter in practice:
+    # controls, zero-width and direction marks, line separators, non-ASCII spaces, surrogates.
+    props["transaction_id"]["pattern"] = f"^[^\\s{_NOT_PRINTABLE_CLASS}]+$"
+    props["material_number"]["pattern"] = (
+        f"^[^\\s{_NOT_PRINTABLE_CLASS}]([^{_NOT_PRINTABLE_CLASS}]*[^\\s{_NOT_PRINTABLE_CLASS}])?$"
+    )
+    props["erp_reference"]["pattern"] = f"^[^{_NOT_PRINTABLE_CLASS}]+$"
+    for prop in props.values():
+        if "pattern" in prop and not prop["pattern"].endswith("(?!\\n)$"):
+            prop["pattern"] = _schema_pattern(prop["pattern"].removeprefix("^").removesuffix("$"))
     schema.update(
         {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -353,7 +668,11 @@ def json_schema() -> dict[str, Any]:
                 },
                 {
                     "if": {"properties": {"transaction_type": {"enum": ["receipt", "issue", "transfer"]}}},
-                    "then": {"properties": {"quantity": {"exclusiveMinimum": 0, "pattern": r"^\d+(\.\d{1,6})?$"}}},
+                    "then": {
+                        "properties": {
+                            "quantity": {"exclusiveMinimum": 0, "pattern": _schema_pattern(r"[0-9]+(\.[0-9]{1,6})?")}
+                        }
+                    },
                 },
             ],
         }  # fmt: skip

@@ -83,6 +83,17 @@ class StagingSettings(_Strict):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
 
 
+class ContractSettings(_Strict):
+    """What the message contract accepts beyond its table (contract.py, ContractLimits).
+
+    The time horizon, relative to now (UTC) when a message is read: an event older or further
+    in the future than this is refused with its reason (a sender's clock gone wrong), so its hour
+    never waits in the sensor's cursor forever."""
+
+    max_age_days: int = Field(default=400, ge=1, le=36_500)
+    max_future_minutes: int = Field(default=60, ge=0, le=366 * 24 * 60)
+
+
 class DuckDBSettings(_Strict):
     # DuckDB's own default is 80% of the machine's RAM. On a machine shared with the Dagster
     # webserver and daemon, cap it (e.g. "4GB"); larger work spills to disk next to the file.
@@ -206,6 +217,7 @@ class CutoverSettings(_Strict):
 class Settings(_Strict):
     topology: TopologySettings = TopologySettings()
     staging: StagingSettings = StagingSettings()
+    contract: ContractSettings = ContractSettings()
     outbox: OutboxSettings = OutboxSettings()
     duckdb: DuckDBSettings = DuckDBSettings()
     mes: MesSettings = MesSettings()

@@ -17,13 +17,16 @@ from click.testing import CliRunner
 
 from invsync_pipeline.cli import main
 from invsync_pipeline.contract import (
+    DEFAULT_LIMITS,
     MOVEMENT_TYPES,
+    ContractLimits,
     ContractViolation,
     InventoryEvent,
     MaterialType,
     Reason,
     SourceSystem,
     TransactionType,
+    best_effort_fields,
     json_schema,
     parse_event,
     routing_key,
@@ -31,11 +34,15 @@ from invsync_pipeline.contract import (
 )
 
 DROP = object()  # as a field value: leave the field out of the message
+# A recent day: timestamps must lie within the contract's horizon (400 days back by default),
+# so a fixed date would start failing as the calendar moves on.
+DAY = (datetime.now(UTC) - timedelta(days=3)).date()
+Y, M, D = DAY.year, DAY.month, DAY.day
 
 GOOD: dict[str, Any] = {
     "schema_version": "1",
     "transaction_id": "ERP-4900001234-0001",
-    "timestamp": "2026-11-24T10:15:00Z",
+    "timestamp": f"{DAY}T10:15:00Z",
     "source_system": "ERP",
     "material_number": "RM-100234",
     "material_type": "raw",
@@ -70,10 +77,10 @@ PASSING = [
     pytest.param({}, id="the-good-receipt"),
     pytest.param({"transaction_id": "T"}, id="transaction_id-1-char"),
     pytest.param({"transaction_id": "x" * 64}, id="transaction_id-64-chars"),
-    pytest.param({"timestamp": "2026-11-24T10:15:00Z"}, id="timestamp-Z"),
-    pytest.param({"timestamp": "2026-11-24T10:15:00+01:00"}, id="timestamp-plus-offset"),
-    pytest.param({"timestamp": "2026-11-24T10:15:00-05:30"}, id="timestamp-minus-offset"),
-    pytest.param({"timestamp": "2026-11-24T10:15:00.123456Z"}, id="timestamp-fraction"),
+    pytest.param({"timestamp": f"{DAY}T10:15:00Z"}, id="timestamp-Z"),
+    pytest.param({"timestamp": f"{DAY}T10:15:00+01:00"}, id="timestamp-plus-offset"),
+    pytest.param({"timestamp": f"{DAY}T10:15:00-05:30"}, id="timestamp-minus-offset"),
+    pytest.param({"timestamp": f"{DAY}T10:15:00.123456Z"}, id="timestamp-fraction"),
     pytest.param({"source_system": "MES"}, id="source_system-MES"),
     pytest.param(RECON, id="source_system-RECON-with-target_system-MES"),
     pytest.param({**RECON, "target_system": "ERP"}, id="source_system-RECON-with-target_system-ERP"),
@@ -178,9 +185,9 @@ FAILING = [
     pytest.param({"quantity": True}, "quantity", "True", id="quantity-bool-true"),
     pytest.param({**CYCLE_COUNT, "quantity": False}, "quantity", "False", id="quantity-bool-false"),
     pytest.param({"quantity": "NaN"}, "quantity", "NaN", id="quantity-NaN-string"),
-    pytest.param({"quantity": float("nan")}, "quantity", "nan", id="quantity-NaN-literal"),
+    pytest.param({"quantity": float("nan")}, "quantity", "NaN", id="quantity-NaN-literal"),
     pytest.param({"quantity": "Infinity"}, "quantity", "Infinity", id="quantity-Infinity-string"),
-    pytest.param({"quantity": float("inf")}, "quantity", "inf", id="quantity-Infinity-literal"),
+    pytest.param({"quantity": float("inf")}, "quantity", "Infinity", id="quantity-Infinity-literal"),
     pytest.param({**ADJUSTMENT, "quantity": "-Infinity"}, "quantity", "-Infinity", id="quantity-minus-inf"),
     pytest.param({"quantity": "1.1234567"}, "quantity", "1.1234567", id="quantity-7-decimals-string"),
     pytest.param({"quantity": 1.1234567}, "quantity", "1.1234567", id="quantity-7-decimals-number"),
@@ -260,10 +267,10 @@ def test_the_same_transaction_id_twice_is_not_the_parsers_business():
 @pytest.mark.parametrize(
     ("sent", "utc"),
     [
-        ("2026-11-24T10:15:00Z", datetime(2026, 11, 24, 10, 15, tzinfo=UTC)),
-        ("2026-11-24t10:15:00z", datetime(2026, 11, 24, 10, 15, tzinfo=UTC)),
-        ("2026-11-24T10:15:00+01:00", datetime(2026, 11, 24, 9, 15, tzinfo=UTC)),
-        ("2026-11-24T00:30:00-05:30", datetime(2026, 11, 24, 6, 0, tzinfo=UTC)),
+        (f"{DAY}T10:15:00Z", datetime(Y, M, D, 10, 15, tzinfo=UTC)),
+        (f"{DAY}t10:15:00z", datetime(Y, M, D, 10, 15, tzinfo=UTC)),
+        (f"{DAY}T10:15:00+01:00", datetime(Y, M, D, 9, 15, tzinfo=UTC)),
+        (f"{DAY}T00:30:00-05:30", datetime(Y, M, D, 6, 0, tzinfo=UTC)),
     ],
 )
 def test_a_timestamp_with_any_offset_is_normalised_to_utc(sent, utc):
@@ -346,6 +353,266 @@ def test_try_parse_event_returns_the_violation_instead_of_raising():
     assert violation.field == "unit"
 
 
+# --- what a hostile or careless sender writes -------------------------------------------------
+# Every case is refused with a ContractViolation naming the field, never with another exception:
+# one such message must not stop a drain, a worker or the MES (invariant 3).
+
+
+def _refused(raw: bytes | str | dict, **kw: Any) -> ContractViolation:
+    with pytest.raises(ContractViolation) as caught:
+        parse_event(raw, **kw)
+    violation = caught.value
+    str(violation).encode("utf-8")  # what operators read is always writable to headers, JSON, logs
+    assert len(str(violation)) < 1000
+    return violation
+
+
+def _text(**changes: Any) -> str:
+    """The good receipt as JSON text, fields spliced in as raw JSON (for what json.dumps won't write)."""
+    fields = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in GOOD.items() if k not in changes]
+    fields += [f"{json.dumps(k)}: {v}" for k, v in changes.items()]
+    return "{" + ", ".join(fields) + "}"
+
+
+@pytest.mark.parametrize("field", ["quantity", "transaction_id", "unit"])
+def test_a_field_given_twice_is_refused_naming_the_field(field):
+    raw = _text()[:-1] + f", {json.dumps(field)}: {json.dumps(GOOD[field])}}}"
+
+    violation = _refused(raw.encode())
+
+    assert violation.field == field
+    assert "twice" in violation.rule
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("quantity", "12\n"),
+        ("timestamp", f"{DAY}T10:15:00Z\n"),
+        ("transaction_id", "T-1\n"),
+        ("material_number", "RM-1\n"),
+        ("erp_reference", "4900\n"),
+        ("unit", "KG\n"),
+        ("location", "WH01/RM01\n"),
+        ("movement_type", "101\n"),
+    ],
+)
+def test_a_trailing_newline_is_not_part_of_any_valid_value(field, value):
+    violation = _refused(body(**{field: value}))
+
+    assert violation.field == field
+
+
+@pytest.mark.parametrize("field", ["transaction_id", "material_number", "erp_reference"])
+@pytest.mark.parametrize(
+    "char",
+    [
+        pytest.param("\x00", id="NUL"),
+        pytest.param("\x07", id="BEL"),
+        pytest.param("\x1b", id="ESC"),
+        pytest.param("\x7f", id="DEL"),
+        pytest.param("\x85", id="NEL"),
+        pytest.param("\u200b", id="zero-width-space"),
+        pytest.param("\u200d", id="zero-width-joiner"),
+        pytest.param("\u2060", id="word-joiner"),
+        pytest.param("\ufeff", id="BOM"),
+        pytest.param("\u202e", id="right-to-left-override"),
+        pytest.param("\u2028", id="line-separator"),
+        pytest.param("\u00a0", id="no-break-space"),
+        pytest.param("\ud800", id="lone-surrogate"),
+    ],
+)
+def test_an_identifier_with_a_control_zero_width_or_surrogate_character_is_refused(field, char):
+    value = f"ID{char}42"
+
+    violation = _refused(body(**{field: value}))
+
+    assert violation.field == field
+    assert violation.rule
+
+
+def test_printable_non_ascii_identifiers_are_still_accepted():
+    event = parse_event(body(material_number="RM-Grün-ß", erp_reference="Bestellung 7"))
+
+    assert event.material_number == "RM-Grün-ß"
+
+
+def test_a_movement_type_in_other_digits_is_refused():
+    assert _refused(body(movement_type="١٠١")).field == "movement_type"
+
+
+@pytest.mark.parametrize("fraction", ["1234567", "12345678", "123456789"])
+def test_more_than_6_fractional_second_digits_are_refused_not_cut(fraction):
+    violation = _refused(body(timestamp=f"{DAY}T10:15:00.{fraction}Z"))
+
+    assert violation.field == "timestamp"
+    assert "6 digits" in violation.rule
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "words"),
+    [
+        pytest.param(_iso(datetime.now(UTC) - timedelta(days=401)), "400 days in the past", id="401-days-ago"),
+        pytest.param("0001-01-01T00:00:00Z", "400 days in the past", id="year-1"),
+        pytest.param("1970-01-01T00:00:00+14:00", "400 days in the past", id="1970"),
+        pytest.param(_iso(datetime.now(UTC) + timedelta(hours=2)), "60 minutes in the future", id="in-2-hours"),
+        pytest.param("9999-12-31T23:59:59Z", "60 minutes in the future", id="year-9999"),
+        pytest.param("0001-01-01T00:00:00+01:00", "not a real date and time in UTC", id="utc-before-year-1"),
+        pytest.param("9999-12-31T23:59:59-01:00", "not a real date and time in UTC", id="utc-after-year-9999"),
+    ],
+)
+def test_a_timestamp_outside_the_horizon_or_outside_utc_is_refused(timestamp, words):
+    violation = _refused(body(timestamp=timestamp))
+
+    assert violation.field == "timestamp"
+    assert words in violation.rule
+
+
+def test_the_horizon_accepts_recent_hours_and_follows_the_limits_given():
+    now = datetime.now(UTC)
+    assert parse_event(body(timestamp=_iso(now - timedelta(days=399)))).timestamp < now
+    assert parse_event(body(timestamp=_iso(now + timedelta(minutes=30)))).timestamp > now
+
+    tight = ContractLimits(max_age_days=1, max_future_minutes=0)
+    violation = _refused(body(timestamp=_iso(now - timedelta(days=2))), limits=tight)
+    assert "1 days in the past" in violation.rule
+    assert "0 minutes in the future" in _refused(body(timestamp=_iso(now + timedelta(minutes=5))), limits=tight).rule
+    unbounded = ContractLimits(max_age_days=None, max_future_minutes=None)
+    assert parse_event(body(timestamp="2001-01-01T00:00:00Z"), limits=unbounded).timestamp.year == 2001
+
+
+def test_the_limits_come_from_settings(settings):
+    changed = settings.model_copy(
+        update={"contract": settings.contract.model_copy(update={"max_age_days": 2, "max_future_minutes": 5})}
+    )
+
+    limits = ContractLimits.from_settings(changed)
+
+    assert limits == ContractLimits(settings.staging.max_body_bytes, 2, 5)
+    assert ContractLimits.from_settings(settings) == ContractLimits()
+
+
+def test_an_event_built_in_code_has_no_time_horizon_unless_limits_are_given():
+    # The ERP's documents and the MES's applied log are history: reading them back never fails on age.
+    old = message(timestamp="2001-01-01T00:00:00Z")
+
+    assert parse_event(old).timestamp.year == 2001
+    assert _refused(old, limits=DEFAULT_LIMITS).field == "timestamp"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["quantity", "erp_reference"])
+def test_nan_and_infinity_are_not_json_and_are_refused_naming_the_field(constant, field):
+    violation = _refused(_text(**{field: constant}).encode())
+
+    assert violation.field == field
+    assert "NaN and Infinity" in violation.rule
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(_text(quantity="[" * 1000 + "]" * 1000), id="array-1000-deep-in-a-field"),
+        pytest.param(_text(quantity='{"a":' * 1000 + "1" + "}" * 1000), id="object-1000-deep-in-a-field"),
+        pytest.param("[" * 50_000, id="unclosed-50000-deep"),
+        pytest.param('{"a":' * 17 + "1" + "}" * 17, id="17-deep"),
+    ],
+)
+def test_json_nested_too_deep_is_refused_before_it_is_parsed(raw):
+    violation = _refused(raw.encode())
+
+    assert violation.field == "body"
+    assert "more than 16 deep" in violation.rule
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    event = parse_event(body(erp_reference='[{"\\\\' + "[" * 30, material_number="{" * 40))
+
+    assert event.material_number == "{" * 40
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        pytest.param({"quantity": "1" * 5000}, "quantity", id="5000-digit-integer"),
+        pytest.param({"quantity": "1" * 41}, "quantity", id="41-digit-integer"),
+        pytest.param({"quantity": "-" + "9" * 4301}, "quantity", id="negative-4301-digits"),
+        pytest.param({"quantity": "1." + "0" * 5000}, "quantity", id="5000-digit-decimal-number"),
+        pytest.param({"quantity": json.dumps("1." + "0" * 5000)}, "quantity", id="5000-digit-decimal-string"),
+        pytest.param({"quantity": "1e999999999999999999999"}, "quantity", id="exponent-beyond-decimal"),
+        pytest.param({"quantity": "0.1234567890123"}, "quantity", id="13-decimals-number"),
+        pytest.param({"erp_reference": "7" * 5000}, "erp_reference", id="5000-digit-integer-elsewhere"),
+    ],
+)
+def test_numbers_too_long_to_be_quantities_are_refused_before_conversion(changes, field):
+    violation = _refused(_text(**changes).encode())
+
+    assert violation.field == field
+
+
+def test_a_huge_integer_in_an_event_built_in_code_is_refused_and_shown_short():
+    violation = _refused(message(quantity=10**5000))
+
+    assert violation.field == "quantity"
+    assert "digits>" in str(violation)
+
+
+def test_json_numbers_keep_their_exact_decimal_value():
+    assert parse_event(_text(quantity="0.1").encode()).quantity == Decimal("0.1")
+    assert parse_event(_text(quantity="123456789.123456").encode()).quantity == Decimal("123456789.123456")
+
+
+def test_an_unexpected_error_while_reading_becomes_a_violation_of_the_body():
+    class Treacherous(str):
+        def replace(self, *_args):  # what no JSON decoder ever returns: a str that fails
+            raise RuntimeError("boom")
+
+    violation = _refused(message(timestamp=Treacherous(f"{DAY}T10:15:00Z")))
+
+    assert violation.field == "body"
+    assert violation.rule == "could not be read: RuntimeError: boom"
+
+
+def test_a_violation_shows_long_and_undecodable_values_short_and_encodable():
+    violation = _refused(body(transaction_id="\ud800" * 500))
+
+    assert violation.field == "transaction_id"
+    assert len(violation.value) <= 200
+    violation.value.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(body(), message(), id="valid"),
+        pytest.param(
+            _text(quantity='"1"').replace('"unit"', '"quantity": "2", "unit"', 1).encode(),
+            {**GOOD, "quantity": "1"},
+            id="duplicate-keys-last-wins",
+        ),  # fmt: skip
+        pytest.param(
+            b'{"transaction_id": "T-1", "quantity": ' + b"1" * 5000 + b"}",
+            {"transaction_id": "T-1"},
+            id="too-long-number-left-out",
+        ),  # fmt: skip
+        pytest.param(b'{"transaction_id": "T\\ud800", "x": NaN}', {"transaction_id": "T\\ud800"}, id="surrogate"),
+        pytest.param(b'{"transaction_id": "T\xff"}', {"transaction_id": "T\ufffd"}, id="bad-utf8-replaced"),
+        pytest.param(b'{"a":' * 2000 + b"1" + b"}" * 2000, {}, id="too-deep"),
+        pytest.param(b"[1, 2]", {}, id="array"),
+        pytest.param(b"not json", {}, id="not-json"),
+        pytest.param(b"", {}, id="empty"),
+        pytest.param(None, {}, id="none"),
+        pytest.param(12, {}, id="int"),
+    ],
+)
+def test_best_effort_fields_reads_what_it_can_and_never_raises(raw, expected):
+    assert best_effort_fields(raw) == expected
+
+
 # --- routing keys -----------------------------------------------------------------------------
 
 
@@ -404,7 +671,7 @@ def test_a_routing_key_token_with_a_wildcard_or_dot_is_rejected(tokens, field, b
     "changes",
     [
         {},
-        {"timestamp": "2026-11-24T23:59:59.999999+02:00", "quantity": 0.25},
+        {"timestamp": f"{DAY}T23:59:59.999999+02:00", "quantity": 0.25},
         {**TRANSFER, "movement_type": "311"},
         RECON,
         {**CYCLE_COUNT, "quantity": 0, "material_type": "packaging", "unit": "EA"},
@@ -486,12 +753,23 @@ SCHEMA_BAD = [
     pytest.param({**RECON, "target_system": DROP}, id="recon-without-target"),
     pytest.param({"target_system": "MES"}, id="erp-with-target"),
     pytest.param({"movement_type": "1O1"}, id="movement-type-form"),
+    pytest.param({"movement_type": "101\n"}, id="movement-type-newline"),
+    pytest.param({"quantity": "12\n"}, id="quantity-newline"),
+    pytest.param({"unit": "KG\n"}, id="unit-newline"),
+    pytest.param({"timestamp": f"{DAY}T10:15:00Z\n"}, id="timestamp-newline"),
+    pytest.param({"timestamp": f"{DAY}T10:15:00.1234567Z"}, id="timestamp-7-fraction-digits"),
+    pytest.param({"transaction_id": "T-1\n"}, id="transaction-id-newline"),
+    pytest.param({"transaction_id": "T\u200b1"}, id="transaction-id-zero-width"),
+    pytest.param({"material_number": "RM\x001"}, id="material-number-nul"),
+    pytest.param({"erp_reference": "49\u202800"}, id="erp-reference-line-separator"),
+    pytest.param({"erp_reference": "49\x07"}, id="erp-reference-bell"),
 ]
 
 
 @pytest.fixture(scope="module")
 def schema_validator():
     import jsonschema  # a dev dependency: these checks never skip
+
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
