@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pika
 
@@ -26,13 +27,16 @@ from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.messaging.topology import apply_topology, delete_topology
 from invsync_pipeline.settings import load_settings
 
+# Yesterday: timestamps older than the contract's horizon (400 days) would be refused.
+DAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+
 
 def body(i: int) -> bytes:
     return json.dumps(
         {
             "schema_version": "1",
             "transaction_id": f"BENCH-{i:09d}",
-            "timestamp": f"2026-11-24T{8 + i % 4:02d}:{i % 60:02d}:00Z",
+            "timestamp": f"{DAY}T{8 + i % 4:02d}:{i % 60:02d}:00Z",
             "source_system": "ERP",
             "material_number": f"MAT-{i % 5000:05d}",
             "material_type": "raw",

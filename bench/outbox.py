@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pika
 
@@ -28,6 +29,9 @@ from invsync_pipeline.messaging.outbox import Outbox
 from invsync_pipeline.messaging.topology import apply_topology, delete_topology
 from invsync_pipeline.settings import Settings, load_settings
 
+# Yesterday: timestamps older than the contract's horizon (400 days) would be refused.
+DAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+
 
 def make_events(n: int) -> list[InventoryEvent]:
     # Warehouse WH99 has no plant queues, so only the ledger tap receives them.
@@ -36,7 +40,7 @@ def make_events(n: int) -> list[InventoryEvent]:
             {
                 "schema_version": "1",
                 "transaction_id": f"BENCH-{i:09d}",
-                "timestamp": f"2026-11-24T{8 + i % 4:02d}:{i % 60:02d}:00Z",
+                "timestamp": f"{DAY}T{8 + i % 4:02d}:{i % 60:02d}:00Z",
                 "source_system": "ERP",
                 "material_number": f"MAT-{i % 5000:05d}",
                 "material_type": "raw",

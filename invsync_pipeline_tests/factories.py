@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pika
 
 _ids = itertools.count(1)
+# A closed hour a little while ago: the contract refuses timestamps older than its horizon
+# (400 days by default), so a fixed date would make every test fail as the calendar moves on.
+RECENT = (datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3, minutes=-15)).strftime(
+    "%Y-%m-%dT%H:%M:%SZ"
+)
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -17,7 +23,7 @@ def event(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "schema_version": "1",
         "transaction_id": f"TX-{n:08d}",
-        "timestamp": "2026-11-24T10:15:00Z",
+        "timestamp": RECENT,
         "source_system": "ERP",
         "material_number": "MAT-100",
         "material_type": "raw",

@@ -145,7 +145,7 @@ def test_go_live_and_rollback_apply_every_event_once_across_the_switch(settings,
     from invsync_pipeline.messaging.outbox import Outbox
     from invsync_pipeline.reference.shadow_period import _Plant
 
-    period = ShadowPeriod(days=1, widen_day=None, fix_day=0, start=datetime(2025, 3, 3, tzinfo=UTC))
+    period = ShadowPeriod(days=1, widen_day=None, fix_day=0)
     settings = _configure(settings, monkeypatch, tmp_path, mes.url, _cutover_dict(period))
     plant = _Plant(period)
     erp = _erp_knowing(settings, plant.materials)
@@ -257,7 +257,7 @@ def test_in_shadow_mode_the_worker_writes_the_shadow_mes_skips_types_out_of_scop
 
     period = ShadowPeriod(days=1, widen_day=None)
     settings = _configure(settings, monkeypatch, tmp_path, mes.url, _cutover_dict(period))
-    ts = "2025-03-03T10:00:00Z"
+    ts = (period.start + timedelta(hours=10)).isoformat().replace("+00:00", "Z")
     events = [
         parse_event(event(transaction_id="S-MRO", material_type="mro", unit="EA", location="WH01/MR01", timestamp=ts)),
         parse_event(event(transaction_id="S-RAW", material_type="raw", timestamp=ts)),
@@ -313,7 +313,8 @@ def test_live_mes_bookings_the_shadow_had_not_applied_survive_the_go_live_copy(
     key = {"material_number": "PK-1", "material_type": "packaging", "unit": "EA", "location": "WH01/PK01"}
     _erp_knowing(settings, [("PK-1", "packaging")]).dispose()  # go-live copies the types the ERP knows
     count = {"transaction_type": "cycle_count", "reason": "physical_inventory", "movement_type": None}
-    opening = parse_event(event(transaction_id="OPEN", quantity="100", timestamp="2025-03-03T00:00:00Z",
+    start = ShadowPeriod(days=1).start.isoformat().replace("+00:00", "Z")
+    opening = parse_event(event(transaction_id="OPEN", quantity="100", timestamp=start,
                                 **count, **key))  # fmt: skip
     live_c.post_transaction(opening)
     shadow_c.post_transaction(opening)

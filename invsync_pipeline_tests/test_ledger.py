@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import dagster as dg
@@ -14,40 +15,44 @@ from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import open_warehouse
 from invsync_pipeline_tests.factories import event, publish_events
 
+# A recent day: timestamps older than the contract's horizon (400 days) are refused, so a
+# fixed date would make these tests fail as the calendar moves on.
+DAY = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+
 pytestmark = pytest.mark.broker
 
-HOUR = "2026-11-24-10:00"
+HOUR = f"{DAY}-10:00"
 RM01, RM02 = "WH01/RM01", "WH01/RM02"
 
 
 def _hour_events() -> list[dict]:
     a = {"material_number": "MAT-A", "location": RM01}
-    receipt = event(**a, quantity="100", timestamp="2026-11-24T10:05:00Z")
+    receipt = event(**a, quantity="100", timestamp=f"{DAY}T10:05:00Z")
     return [
         receipt,
         receipt,  # delivered twice: counted once
-        event(**a, quantity="50", timestamp="2026-11-24T11:10:00+01:00"),  # 10:10 UTC
+        event(**a, quantity="50", timestamp=f"{DAY}T11:10:00+01:00"),  # 10:10 UTC
         event(**a, transaction_type="issue", reason="production_consumption", movement_type="261",
-              quantity="30", timestamp="2026-11-24T10:20:00Z"),
+              quantity="30", timestamp=f"{DAY}T10:20:00Z"),
         event(**a, transaction_type="transfer", reason="stock_transfer", movement_type="311",
-              quantity="20", to_location=RM02, timestamp="2026-11-24T10:30:00Z"),
+              quantity="20", to_location=RM02, timestamp=f"{DAY}T10:30:00Z"),
         event(**a, transaction_type="adjustment", reason="correction", movement_type="702",
-              quantity="-5", timestamp="2026-11-24T10:40:00Z"),
+              quantity="-5", timestamp=f"{DAY}T10:40:00Z"),
         event(**a, transaction_type="cycle_count", reason="physical_inventory", movement_type=None,
-              quantity="90", timestamp="2026-11-24T10:50:00Z"),
+              quantity="90", timestamp=f"{DAY}T10:50:00Z"),
         event(**a, transaction_type="cycle_count", reason="physical_inventory", movement_type=None,
-              quantity="95", timestamp="2026-11-24T10:55:00Z"),
+              quantity="95", timestamp=f"{DAY}T10:55:00Z"),
         event(**a, source_system="MES", transaction_type="issue", reason="production_consumption",
-              movement_type="261", quantity="7", timestamp="2026-11-24T10:59:59.999Z"),
+              movement_type="261", quantity="7", timestamp=f"{DAY}T10:59:59.999Z"),
         event(**a, source_system="RECON", target_system="MES", transaction_type="adjustment",
-              reason="correction", movement_type="701", quantity="3", timestamp="2026-11-24T10:45:00Z"),
-        event(**a, quantity="1000", timestamp="2026-11-24T11:00:00Z"),  # next hour: not in this one
+              reason="correction", movement_type="701", quantity="3", timestamp=f"{DAY}T10:45:00Z"),
+        event(**a, quantity="1000", timestamp=f"{DAY}T11:00:00Z"),  # next hour: not in this one
     ]  # fmt: skip
 
 
 def _ledger(settings) -> dict[tuple, dict]:
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:
-        cur = conn.execute("SELECT * FROM ledger.transaction_ledger WHERE partition_hour = '2026-11-24 10:00:00+00'")
+        cur = conn.execute(f"SELECT * FROM ledger.transaction_ledger WHERE partition_hour = '{DAY} 10:00:00+00'")
         names = [d[0] for d in cur.description]
         rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     return {(r["location"], r["source_system"], r["target_system"]): r for r in rows}
@@ -107,15 +112,15 @@ def test_a_range_run_stages_each_id_once_across_hours_like_hour_by_hour_runs(set
         return json.dumps({**body, "received_at": ts, "routing_key": "inventory.wh01.raw.receipt"})
 
     log = StagedEventLog(settings.staged_dir)
-    log.write_events({"2026-11-24-09:00": [line("DUP-2", "2026-11-24T09:10:00Z")]}, "0001-a")
-    log.write_events({"2026-11-24-10:00": [line("DUP-1", "2026-11-24T10:10:00Z"), line("T-10", "2026-11-24T10:20:00Z")],
-                      "2026-11-24-11:00": [line("DUP-1", "2026-11-24T11:10:00Z"), line("T-11", "2026-11-24T11:20:00Z")],
-                      "2026-11-24-12:00": [line("DUP-2", "2026-11-24T12:10:00Z")]}, "0002-b")  # fmt: skip
+    log.write_events({f"{DAY}-09:00": [line("DUP-2", f"{DAY}T09:10:00Z")]}, "0001-a")
+    log.write_events({f"{DAY}-10:00": [line("DUP-1", f"{DAY}T10:10:00Z"), line("T-10", f"{DAY}T10:20:00Z")],
+                      f"{DAY}-11:00": [line("DUP-1", f"{DAY}T11:10:00Z"), line("T-11", f"{DAY}T11:20:00Z")],
+                      f"{DAY}-12:00": [line("DUP-2", f"{DAY}T12:10:00Z")]}, "0002-b")  # fmt: skip
     resources = {"invsync": InvsyncResource(), "warehouse": WarehouseResource()}
     # 09:00 was staged before (say, live); then 10:00-12:00 are backfilled in one run.
-    assert dg.materialize([staged_inventory_events], partition_key="2026-11-24-09:00", resources=resources).success
-    whole = {"dagster/asset_partition_range_start": "2026-11-24-10:00",
-             "dagster/asset_partition_range_end": "2026-11-24-12:00"}  # fmt: skip
+    assert dg.materialize([staged_inventory_events], partition_key=f"{DAY}-09:00", resources=resources).success
+    whole = {"dagster/asset_partition_range_start": f"{DAY}-10:00",
+             "dagster/asset_partition_range_end": f"{DAY}-12:00"}  # fmt: skip
     result = dg.materialize([staged_inventory_events], tags=whole, resources=resources)
     assert result.success
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:

@@ -17,6 +17,10 @@ from invsync_pipeline.reference.mes_service import RunningMes, run_in_thread
 from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable
 from invsync_pipeline_tests.factories import event
 
+# A recent day: timestamps older than the contract's horizon (400 days) are refused, so a
+# fixed date would make these tests fail as the calendar moves on.
+DAY = (datetime.now(UTC) - timedelta(days=2)).date().isoformat()
+
 TOKEN = "test-token-not-a-secret"
 A, B = "WH01/RM01", "WH01/RM02"
 
@@ -25,11 +29,11 @@ def ev(**overrides) -> InventoryEvent:
     return parse_event(event(**overrides))
 
 
-def receipt(qty: str, location: str = A, ts: str = "2026-11-24T10:00:00Z", **kw) -> InventoryEvent:
+def receipt(qty: str, location: str = A, ts: str = f"{DAY}T10:00:00Z", **kw) -> InventoryEvent:
     return ev(quantity=qty, location=location, timestamp=ts, **kw)
 
 
-def issue(qty: str, location: str = A, ts: str = "2026-11-24T10:00:00Z", **kw) -> InventoryEvent:
+def issue(qty: str, location: str = A, ts: str = f"{DAY}T10:00:00Z", **kw) -> InventoryEvent:
     return ev(
         transaction_type="issue",
         reason="production_consumption",
@@ -41,7 +45,7 @@ def issue(qty: str, location: str = A, ts: str = "2026-11-24T10:00:00Z", **kw) -
     )
 
 
-def transfer(qty: str, frm: str, to: str, ts: str = "2026-11-24T10:00:00Z") -> InventoryEvent:
+def transfer(qty: str, frm: str, to: str, ts: str = f"{DAY}T10:00:00Z") -> InventoryEvent:
     return ev(
         transaction_type="transfer",
         reason="stock_transfer",
@@ -53,7 +57,7 @@ def transfer(qty: str, frm: str, to: str, ts: str = "2026-11-24T10:00:00Z") -> I
     )
 
 
-def count(qty: str, location: str = A, ts: str = "2026-11-24T10:00:00Z") -> InventoryEvent:
+def count(qty: str, location: str = A, ts: str = f"{DAY}T10:00:00Z") -> InventoryEvent:
     return ev(
         transaction_type="cycle_count",
         reason="physical_inventory",
@@ -121,7 +125,7 @@ def test_a_duplicate_post_is_applied_once_and_returns_the_original_mes_id(client
     first = client.post_transaction(e)
     again = client.post_transaction(e)
     # The same movement sent from another offset and with trailing zeros is still the same movement.
-    same = parse_event({**e.to_message(), "timestamp": "2026-11-24T11:00:00+01:00", "quantity": "10.000"})
+    same = parse_event({**e.to_message(), "timestamp": f"{DAY}T11:00:00+01:00", "quantity": "10.000"})
     third = client.post_transaction(same)
     assert first.status == "applied" and again.status == third.status == "duplicate"
     assert first.mes_transaction_id == again.mes_transaction_id == third.mes_transaction_id
@@ -182,12 +186,12 @@ def test_a_missing_or_wrong_token_is_an_auth_error_that_says_what_to_set(mes):
 
 def test_stock_as_of_equals_the_stock_at_that_time(client):
     timeline = [
-        receipt("100", ts="2026-11-24T10:00:00Z"),
-        issue("30", ts="2026-11-24T10:10:00Z"),
-        transfer("20", A, B, ts="2026-11-24T10:20:00Z"),
-        count("45", ts="2026-11-24T10:30:00Z"),
-        receipt("10", ts="2026-11-24T10:40:00Z"),
-        issue("5", B, ts="2026-11-24T10:50:00Z"),
+        receipt("100", ts=f"{DAY}T10:00:00Z"),
+        issue("30", ts=f"{DAY}T10:10:00Z"),
+        transfer("20", A, B, ts=f"{DAY}T10:20:00Z"),
+        count("45", ts=f"{DAY}T10:30:00Z"),
+        receipt("10", ts=f"{DAY}T10:40:00Z"),
+        issue("5", B, ts=f"{DAY}T10:50:00Z"),
     ]
     for e in timeline:
         client.post_transaction(e)
@@ -206,9 +210,9 @@ def test_stock_as_of_equals_the_stock_at_that_time(client):
         return stock
 
     for cut in ["09:59:59", "10:00:00", "10:15:00", "10:20:00", "10:35:00", "10:45:00", "11:00:00"]:
-        at = datetime.fromisoformat(f"2026-11-24T{cut}+00:00")
+        at = datetime.fromisoformat(f"{DAY}T{cut}+00:00")
         assert balances(client, as_of=at) == replay(at), cut
-    assert balances(client, as_of="2026-11-24T11:35:00+01:00") == {(A, "MAT-100"): 45, (B, "MAT-100"): 20}
+    assert balances(client, as_of=f"{DAY}T11:35:00+01:00") == {(A, "MAT-100"): 45, (B, "MAT-100"): 20}
     assert balances(client, as_of=datetime(2030, 1, 1, tzinfo=UTC)) == balances(client)
 
 
@@ -216,7 +220,7 @@ def test_pagination_returns_every_row_exactly_once(mes):
     with MesClient(mes.url, TOKEN, page_size=4) as c:
         for n in range(23):
             c.post_transaction(receipt("1", location=f"WH{n % 3}/L{n:02d}", material_number=f"M{n % 5}"))
-        for kw in ({}, {"as_of": "2026-11-24T12:00:00Z"}):
+        for kw in ({}, {"as_of": f"{DAY}T12:00:00Z"}):
             keys = [(r.location, r.material_number, r.unit) for r in c.stock(**kw)]
             assert len(keys) == len(set(keys)) == 23 and keys == sorted(keys)
         assert len([r for r in c.stock(warehouse="WH1")]) == 8

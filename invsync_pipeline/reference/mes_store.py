@@ -25,7 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.contract import NO_HORIZON, InventoryEvent, parse_event
 
 _MICRO = 10**6
 
@@ -179,7 +179,7 @@ class MesStore:
             ).fetchone()
             if row is not None:
                 conn.execute("ROLLBACK")
-                original = parse_event(row[3])
+                original = parse_event(row[3], limits=NO_HORIZON)  # recorded: its age is history
                 compared = (
                     event.model_copy(update={"timestamp": original.timestamp}) if ignore_timestamp_on_repeat else event
                 )

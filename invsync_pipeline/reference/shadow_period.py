@@ -36,7 +36,9 @@ _UNIT = {"raw": "KG", "packaging": "EA", "mro": "EA", "wip": "EA", "finished": "
 
 @dataclass(frozen=True)
 class ShadowPeriod:
-    start: datetime = datetime(2025, 3, 3, tzinfo=UTC)
+    # None: the days just before today (UTC). Movements older than the contract's horizon
+    # (contract.max_age_days) would be parked as invalid, so a fixed date would stop working.
+    start: datetime = None  # type: ignore[assignment]
     days: int = 21
     events_per_hour: int = 6
     materials_per_type: int = 10
@@ -44,6 +46,11 @@ class ShadowPeriod:
     widen_day: int | None = 14  # raw materials join the pilot scope
     warehouse: str = "WH01"
     seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            object.__setattr__(self, "start", today - timedelta(days=self.days + 1))
 
     def pilot(self) -> tuple[PilotStage, ...]:
         stages = [PilotStage(since=self.start.date(), material_types=("mro", "packaging"))]
