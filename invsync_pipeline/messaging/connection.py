@@ -5,6 +5,7 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 
+from invsync_pipeline.messaging import amqp_headers
 from invsync_pipeline.settings import Settings
 
 
@@ -32,6 +33,7 @@ def connection_parameters(settings: Settings, **overrides: object) -> pika.URLPa
 
 def connect(settings: Settings, **overrides: object) -> pika.BlockingConnection:
     """A blocking connection, or BrokerUnavailable with what to do about it."""
+    amqp_headers.install()  # no sender's header can drop the connection (amqp_headers.py)
     try:
         return pika.BlockingConnection(connection_parameters(settings, **overrides))
     except pika.exceptions.AMQPConnectionError as exc:

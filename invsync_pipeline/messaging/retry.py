@@ -32,7 +32,7 @@ def retries_so_far(properties: pika.BasicProperties | None) -> int:
     headers = (properties.headers if properties else None) or {}
     try:
         return max(0, int(headers.get(RETRIES_HEADER, 0)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a sender's header: any type, even inf
         return 0
 
 

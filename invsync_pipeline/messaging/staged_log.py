@@ -27,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from invsync_pipeline.messaging.amqp_headers import as_json, headers_as_json
+
 PARTITION_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
 HOUR_DIR_FORMAT = "%Y-%m-%dT%H"
 
@@ -67,30 +69,20 @@ class QuarantinedMessage:
     headers: dict[str, Any] | None = None
 
     def to_row(self) -> dict[str, Any]:
+        """The quarantine line. Never fails on what a sender wrote: odd header types, deep
+        tables, text that is not UTF-8 are shown as far as they can be; the body stays whole."""
         return {
             "received_at": self.received_at,
-            "routing_key": self.routing_key,
-            "message_id": self.message_id,
-            "field": self.field,
-            "value": self.value,
-            "rule": self.rule,
-            "reason": f"{self.field}={self.value}: {self.rule}",
+            "routing_key": as_json(self.routing_key),
+            "message_id": as_json(self.message_id),
+            "field": as_json(self.field),
+            "value": as_json(self.value),
+            "rule": as_json(self.rule),
+            "reason": as_json(f"{self.field}={self.value}: {self.rule}"),
             "body_b64": base64.b64encode(self.body).decode("ascii"),
             "body_bytes": len(self.body),
-            "headers": _jsonable(self.headers or {}),
+            "headers": headers_as_json(self.headers),
         }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 class StagedEventLog:
@@ -111,7 +103,7 @@ class StagedEventLog:
         return written
 
     def write_quarantine(self, messages: Iterable[QuarantinedMessage], segment_id: str) -> Path | None:
-        lines = [json.dumps(m.to_row(), separators=(",", ":")) for m in messages]
+        lines = [_quarantine_line(m) for m in messages]
         if not lines:
             return None
         return self._write_atomic(self.quarantine_dir, f"{segment_id}.jsonl", lines)
@@ -170,6 +162,26 @@ class StagedEventLog:
             with open(path, encoding="utf-8") as fh:
                 rows.extend(json.loads(line) for line in fh if line.strip())
         return rows
+
+
+def _quarantine_line(message: QuarantinedMessage) -> str:
+    try:
+        return json.dumps(message.to_row(), separators=(",", ":"))
+    except Exception as exc:  # noqa: BLE001 - quarantining never fails on a message's content
+        # Whatever broke the full line, the body and the reason are still kept, whole.
+        return json.dumps(
+            {
+                "received_at": message.received_at,
+                "field": "body",
+                "value": "",
+                "rule": f"quarantined without its headers ({type(exc).__name__})",
+                "reason": f"body: quarantined without its headers ({type(exc).__name__})",
+                "body_b64": base64.b64encode(bytes(message.body)).decode("ascii"),
+                "body_bytes": len(message.body),
+                "headers": {},
+            },
+            separators=(",", ":"),
+        )
 
 
 def _fsync_dir(folder: Path) -> None:
