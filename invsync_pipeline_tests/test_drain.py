@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -22,7 +26,9 @@ from invsync_pipeline_tests.factories import event, publish_events, publish_raw,
 
 pytestmark = pytest.mark.broker
 
-HOURS = ["2026-11-24T08", "2026-11-24T09", "2026-11-24T10"]
+# Recent closed hours: older timestamps would fall outside the contract's horizon one day.
+_NOW_HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+HOURS = [(_NOW_HOUR - timedelta(hours=back)).strftime("%Y-%m-%dT%H") for back in (6, 5, 4)]
 
 
 def _events(n: int) -> list[dict]:
@@ -126,6 +132,72 @@ def test_a_killed_drain_process_loses_nothing_and_duplicates_nothing(settings, t
     assert again.staged == 400
     assert queue_depth(connection, topology.ledger_tap) == 0
     assert _load_hours(settings) == 400
+
+
+class _Relay:
+    """A TCP relay to the broker; ``cut()`` drops every connection open so far (a network cut),
+    and new connections pass as before."""
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5672)):
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+
+    def __enter__(self) -> _Relay:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        self.cut()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._relay, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _relay(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+    def cut(self) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets = []
+
+
+def test_a_connection_lost_mid_drain_is_reconnected_counted_and_loses_nothing(settings, topology, connection):
+    events = _events(300)
+    publish_events(connection, topology.exchange, events)
+    small = settings.staging.model_copy(update={"batch_max_events": 100})
+    cuts: list[list[str]] = []
+
+    def cut_before_the_first_ack(paths: list[str]) -> None:
+        if not cuts:
+            cuts.append(paths)
+            relay.cut()
+
+    with _Relay() as relay:
+        via_relay = settings.model_copy(update={"staging": small, "amqp_url": f"amqp://127.0.0.1:{relay.port}/%2F"})
+        result = drain_ledger_tap(via_relay, after_write=cut_before_the_first_ack)
+
+    assert result.reconnects == 1 and "1 reconnects" in result.summary()
+    assert result.stopped_because == "queue empty"
+    assert queue_depth(connection, topology.ledger_tap) == 0
+    assert result.staged == 400  # the first batch was written, not acked, and delivered again...
+    assert {r["transaction_id"] for r in _staged_rows(settings)} == {e["transaction_id"] for e in events}
+    assert _load_hours(settings) == 300  # ...and each event is loaded once
 
 
 BAD_BODIES = {

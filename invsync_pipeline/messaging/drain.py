@@ -9,10 +9,15 @@ ones into a quarantine segment (each fsynced); only then ack the batch with one 
 A crash anywhere before the ack leaves the messages unacked, so the broker delivers them
 again; the copies already written are harmless because every reader de-duplicates by
 transaction_id.
+
+A connection lost in the middle is not the end of the drain: it reconnects and goes on within
+its time budget (counted in ``DrainResult.reconnects``). Whatever was written but not acked is
+simply delivered again. No message, however malformed, stops it: each is staged or quarantined.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pika
+import pika.exceptions
 
-from invsync_pipeline.contract import ContractViolation, InventoryEvent, parse_event
-from invsync_pipeline.messaging.connection import connect
+from invsync_pipeline.contract import ContractLimits, ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.staged_log import (
     QuarantinedMessage,
     StagedEventLog,
@@ -40,6 +46,12 @@ log = logging.getLogger(__name__)
 _POLL_SECONDS = 0.05
 # With nothing new for this long, the queue is taken to be empty for this tick.
 _IDLE_SECONDS = 0.25
+# What a lost connection raises, wherever the drain is: reconnect and go on.
+_CONNECTION_LOST = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelWrongStateError,
+)
 
 
 @dataclass
@@ -48,14 +60,17 @@ class DrainResult:
     staged: int = 0
     quarantined: int = 0
     batches: int = 0
+    reconnects: int = 0  # connections lost mid-drain and opened again
     seconds: float = 0.0
     stopped_because: str = ""
     partitions: dict[str, int] = field(default_factory=dict)  # partition key -> events staged
     segments: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        reconnected = f", {self.reconnects} reconnects after a lost connection" if self.reconnects else ""
         return (f"drained {self.consumed} messages in {self.batches} batches ({self.seconds:.1f} s): "
-                f"{self.staged} staged, {self.quarantined} quarantined; stopped: {self.stopped_because}")  # fmt: skip
+                f"{self.staged} staged, {self.quarantined} quarantined{reconnected}; "
+                f"stopped: {self.stopped_because}")  # fmt: skip
 
 
 @dataclass
@@ -86,7 +101,42 @@ def drain_ledger_tap(
     deadline = started + budget_seconds
 
     own = connection is None
-    conn = connection or connect(settings)
+    conn: pika.BlockingConnection | None = connection or connect(settings)
+    try:
+        while conn is not None:
+            try:
+                _drain(conn, queue, staged_log, settings, result, deadline, budget_events, after_write)
+                break
+            except _CONNECTION_LOST as exc:
+                result.reconnects += 1
+                log.warning("lost the broker connection while draining (%r); reconnecting (%d so far). "
+                            "Messages written but not acked are delivered again.", exc, result.reconnects)  # fmt: skip
+                if own:
+                    _close_quietly(conn)
+                conn, own = _reconnect(settings, deadline), True
+                if conn is None:
+                    result.stopped_because = "broker connection lost; not back within the time budget"
+    finally:
+        if own and conn is not None:
+            _close_quietly(conn)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _drain(
+    conn: pika.BlockingConnection,
+    queue: str,
+    staged_log: StagedEventLog,
+    settings: Settings,
+    result: DrainResult,
+    deadline: float,
+    budget_events: float,
+    after_write: Callable[[list[str]], None] | None,
+) -> None:
+    """Drain on one connection until done (sets ``result.stopped_because``); a lost connection
+    raises out of here, leaving everything not acked to the broker."""
+    cfg = settings.staging
+    limits = ContractLimits.from_settings(settings)
     channel = conn.channel()
     try:
         channel.basic_qos(prefetch_count=min(cfg.batch_max_events, 65535))
@@ -120,7 +170,7 @@ def drain_ledger_tap(
                     break
                 conn.process_data_events(time_limit=min(_POLL_SECONDS, batch_deadline - now))
             if batch:
-                _stage_batch(batch, staged_log, settings, result, after_write)
+                _stage_batch(batch, staged_log, limits, result, after_write)
                 channel.basic_ack(batch[-1].tag, multiple=True)
                 result.consumed += len(batch)
                 result.batches += 1
@@ -134,33 +184,55 @@ def drain_ledger_tap(
         # Anything prefetched but not staged stays unacked; closing the channel returns it.
         channel.basic_cancel(consumer_tag)
     finally:
-        if channel.is_open:
-            channel.close()
-        if own and conn.is_open:
+        # On a lost connection the channel is gone too; closing it would only raise again.
+        with contextlib.suppress(*_CONNECTION_LOST):
+            if channel.is_open:
+                channel.close()
+
+
+def _reconnect(settings: Settings, deadline: float) -> pika.BlockingConnection | None:
+    """A new connection, retried with a short backoff until ``deadline``; None if none came."""
+    pause = 0.2
+    while time.monotonic() + pause < deadline:
+        time.sleep(pause)  # a moment for the network or the broker; never a tight loop
+        try:
+            return connect(settings)
+        except BrokerUnavailable as exc:
+            log.warning("reconnecting to drain: %s", exc)
+            pause = min(pause * 2, 2.0)
+    log.error("no broker connection again before the drain's time budget ran out")
+    return None
+
+
+def _close_quietly(conn: pika.BlockingConnection) -> None:
+    with contextlib.suppress(*_CONNECTION_LOST):
+        if conn.is_open:
             conn.close()
-    result.seconds = time.monotonic() - started
-    return result
 
 
 def _stage_batch(
     batch: list[_Delivery],
     staged_log: StagedEventLog,
-    settings: Settings,
+    limits: ContractLimits,
     result: DrainResult,
     after_write: Callable[[list[str]], None] | None,
 ) -> None:
     received_at = utc_now_iso()
-    max_body = settings.staging.max_body_bytes
     by_partition: dict[str, list[str]] = {}
     bad: list[QuarantinedMessage] = []
     for delivery in batch:
         try:
-            event = parse_event(delivery.body, max_body_bytes=max_body)
+            event = parse_event(delivery.body, limits=limits)
+            row = _row(event, delivery, received_at)
         except ContractViolation as violation:
             bad.append(_quarantined(delivery, violation, received_at))
             continue
-        key = partition_key_of(event.timestamp)
-        by_partition.setdefault(key, []).append(_row(event, delivery, received_at))
+        except Exception as exc:  # noqa: BLE001 - invariant 3: one message never stops the drain
+            log.exception("unexpected error on message_id=%r; quarantining it", delivery.properties.message_id)
+            unexpected = ContractViolation("body", delivery.body[:40], f"unexpected error: {type(exc).__name__}: {exc}")
+            bad.append(_quarantined(delivery, unexpected, received_at))
+            continue
+        by_partition.setdefault(partition_key_of(event.timestamp), []).append(row)
     segment_id = new_segment_id()
     paths = staged_log.write_events(by_partition, segment_id)
     quarantine_path = staged_log.write_quarantine(bad, segment_id)
@@ -180,11 +252,19 @@ def _row(event: InventoryEvent, delivery: _Delivery, received_at: str) -> str:
     row = event.to_message()
     row["received_at"] = received_at
     row["routing_key"] = delivery.routing_key
-    published = delivery.properties.timestamp
-    row["published_at"] = (
-        datetime.fromtimestamp(published, UTC).isoformat().replace("+00:00", "Z") if published else None
-    )
+    row["published_at"] = _published_at(delivery.properties.timestamp)
     return json.dumps(row, separators=(",", ":"))
+
+
+def _published_at(timestamp: object) -> str | None:
+    """The AMQP timestamp property as UTC text; None when absent or not a real instant (it is
+    the sender's to set, and a broken one must not keep a valid event out of the log)."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def _quarantined(delivery: _Delivery, violation: ContractViolation, received_at: str) -> QuarantinedMessage:
