@@ -117,6 +117,8 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
         return wrapper
 
     async def post_transaction(request: Request) -> Response:
+        # parse_event refuses whatever a body holds with a ContractViolation, never anything
+        # else, so a malformed body is the client's 422, never a retryable 500.
         try:
             event = parse_event(await request.body())
         except ContractViolation as exc:

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -31,12 +32,19 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from invsync_pipeline.contract import PUBLISHED_MS_HEADER, ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.contract import (
+    PUBLISHED_MS_HEADER,
+    ContractLimits,
+    ContractViolation,
+    InventoryEvent,
+    parse_event,
+)
 from invsync_pipeline.cutover.scope import in_scope
 from invsync_pipeline.cutover.state import CutoverState, Switch
 from invsync_pipeline.cutover.switch import mes_client_for, restore_overwritten
+from invsync_pipeline.messaging.amqp_headers import why_not_republishable
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
-from invsync_pipeline.messaging.retry import publish_failure, retries_so_far
+from invsync_pipeline.messaging.retry import RETRIES_HEADER, publish_failure, retries_so_far
 from invsync_pipeline.messaging.topology import apply_topology
 from invsync_pipeline.settings import NON_CRITICAL_TRANSACTION_TYPES, Settings
 from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable, PostResult
@@ -271,9 +279,32 @@ class SyncWorker:
 
     # --- per message (I/O thread) ---------------------------------------------------------------
     def _on_message(self, queue: str, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        """One delivery. Whatever goes wrong with it is that message's fault alone: it is parked
+        whole with the reason, and the worker goes on with the next one (invariant 3)."""
+        try:
+            self._handle_message(queue, channel, method, _usable_published_ms(properties), body)
+        except _NOT_THE_MESSAGES_FAULT:
+            raise  # the run loop reconnects (or stops) and the broker delivers the message again
+        except Exception as exc:  # noqa: BLE001 - one message never stops the worker
+            log.exception("unexpected error on message_id=%r from %s; parking it", properties.message_id, queue)
+            job = self._inflight.pop(method.delivery_tag, None)
+            if job is not None and job.future is not None:
+                job.future.cancel()  # if the call already runs, its outcome finds no job and is dropped
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            try:
+                self._fail(queue, method.delivery_tag, properties, body, reason, retryable=False)
+            except _NOT_THE_MESSAGES_FAULT:
+                raise
+            except Exception:  # noqa: BLE001 - not even parking worked: the broker dead-letters it
+                log.exception("could not park message_id=%r; rejecting it to parking", properties.message_id)
+                channel.basic_nack(method.delivery_tag, requeue=False)
+
+    def _handle_message(
+        self, queue: str, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes
+    ) -> None:
         delivered_ms = _now_ms()
         try:
-            event = parse_event(body, max_body_bytes=self.settings.staging.max_body_bytes)
+            event = parse_event(body, limits=ContractLimits.from_settings(self.settings))
         except ContractViolation as violation:
             self._fail(queue, method.delivery_tag, properties, body, f"invalid: {violation}", retryable=False)
             return
@@ -407,7 +438,28 @@ class SyncWorker:
 
     def _fail(self, queue: str, tag: int, properties: pika.BasicProperties, body: bytes, reason: str,
               *, retryable: bool) -> None:  # fmt: skip
-        route = publish_failure(self._channel, self._topology, queue, properties, body, reason, retryable=retryable)
+        route = None
+        dropped = why_not_republishable(properties.headers)
+        if dropped is None:
+            try:
+                route = publish_failure(self._channel, self._topology, queue, properties, body, reason,
+                                        retryable=retryable)  # fmt: skip
+            except _NOT_THE_MESSAGES_FAULT:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the sender's headers, not the message, failed to publish
+                dropped = f"{type(exc).__name__}: {exc}"[:300]
+        if route is None:
+            # Headers that cannot travel on (a type pika cannot encode again, a table too big for
+            # a frame once the reason is added): the body goes on whole with our headers only.
+            log.warning("message_id=%r from %s: sending it on without the sender's headers (%s)",
+                        properties.message_id, queue, dropped)  # fmt: skip
+            minimal = pika.BasicProperties(
+                message_id=properties.message_id if isinstance(properties.message_id, str) else None,
+                headers={RETRIES_HEADER: retries_so_far(properties)},
+            )
+            route = publish_failure(self._channel, self._topology, queue, minimal, body,
+                                    f"{reason} (the sender's headers were dropped: {dropped})",
+                                    retryable=retryable)  # fmt: skip
         self._channel.basic_ack(tag)
         if route.destination == "parking":
             self.stats.parked += 1
@@ -415,3 +467,35 @@ class SyncWorker:
         else:
             self.stats.retried += 1
             log.warning("to %s message_id=%s from %s: %s", route.destination, properties.message_id, queue, reason)
+
+
+# Errors of the connection or of our own storage (the sync log): not one message's fault. They
+# leave the message unacked, and the broker delivers it again once the worker is back.
+_NOT_THE_MESSAGES_FAULT = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.ChannelClosed,
+    BrokerUnavailable,
+    sqlite3.Error,
+)
+
+
+def _usable_published_ms(properties: pika.BasicProperties) -> pika.BasicProperties:
+    """The properties with the sender's publish-time header dropped when it is not a sane
+    millisecond count: it only measures lag, and the sync log must be able to record it."""
+    headers = properties.headers
+    if not headers or PUBLISHED_MS_HEADER not in headers:
+        return properties
+    value = headers[PUBLISHED_MS_HEADER]
+    try:
+        usable = not isinstance(value, bool) and 0 <= int(value) < 2**63
+    except (TypeError, ValueError, OverflowError):
+        usable = False
+    if usable:
+        return properties
+    kept = {k: v for k, v in headers.items() if k != PUBLISHED_MS_HEADER}
+    return pika.BasicProperties(
+        content_type=properties.content_type, delivery_mode=properties.delivery_mode,
+        message_id=properties.message_id, timestamp=properties.timestamp, headers=kept,
+    )  # fmt: skip
