@@ -55,17 +55,19 @@ def contract_schema() -> None:
 
 @contract.command("validate")
 @click.argument("file", type=click.File("rb"))
-def contract_validate(file) -> None:
+@click.pass_context
+def contract_validate(ctx: click.Context, file) -> None:
     """Check a JSON Lines file of events; print each bad line with its reason."""
-    from invsync_pipeline.contract import try_parse_event
+    from invsync_pipeline.contract import ContractLimits, try_parse_event
 
+    limits = ContractLimits.from_settings(_settings(ctx))
     bad = 0
     total = 0
     for lineno, line in enumerate(file, start=1):
         if not line.strip():
             continue
         total += 1
-        result = try_parse_event(line.rstrip(b"\r\n"))
+        result = try_parse_event(line.rstrip(b"\r\n"), limits=limits)
         if not hasattr(result, "transaction_id"):
             bad += 1
             click.echo(f"line {lineno}: {result}")
@@ -121,14 +123,15 @@ def topology_delete(ctx: click.Context, yes: bool) -> None:
 @click.pass_context
 def publish(ctx: click.Context, file, skip_invalid: bool, timeout: float) -> None:
     """Validate a JSON Lines file of events, buffer them in the outbox and publish them."""
-    from invsync_pipeline.contract import try_parse_event
+    from invsync_pipeline.contract import ContractLimits, try_parse_event
     from invsync_pipeline.messaging.outbox import Outbox
 
+    limits = ContractLimits.from_settings(_settings(ctx))
     events, bad = [], 0
     for lineno, line in enumerate(file, start=1):
         if not line.strip():
             continue
-        result = try_parse_event(line.rstrip(b"\r\n"))
+        result = try_parse_event(line.rstrip(b"\r\n"), limits=limits)
         if hasattr(result, "transaction_id"):
             events.append(result)
         else:
@@ -550,6 +553,7 @@ def dlq_list(ctx, tx, reason, material, since, until, as_json) -> None:
 @click.pass_context
 def dlq_show(ctx, transaction_id) -> None:
     """One parked message: headers and body."""
+    from invsync_pipeline.messaging.amqp_headers import headers_as_json
     from invsync_pipeline.messaging.dlq import browse
 
     found = browse(_settings(ctx), _dlq_filters((transaction_id,), None, None, None, None))
@@ -557,7 +561,7 @@ def dlq_show(ctx, transaction_id) -> None:
         click.echo(f"invsync: {transaction_id} is not in the parking queue", err=True)
         sys.exit(2)
     for p in found:
-        click.echo(json.dumps({**p.summary(), "headers": {k: str(v) for k, v in p.headers.items()},
+        click.echo(json.dumps({**p.summary(), "headers": headers_as_json(p.headers),
                                "body": p.body.decode("utf-8", "replace")}, indent=2))  # fmt: skip
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import fnmatch
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +18,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pika
+import pika.exceptions
 
-from invsync_pipeline.contract import ContractViolation, parse_event
+from invsync_pipeline.contract import ContractLimits, ContractViolation, best_effort_fields, parse_event
+from invsync_pipeline.messaging.amqp_headers import why_not_republishable
 from invsync_pipeline.messaging.connection import connect
-from invsync_pipeline.messaging.retry import FAILED_QUEUE_HEADER, REASON_HEADER, RETRIES_HEADER
+from invsync_pipeline.messaging.retry import FAILED_QUEUE_HEADER, REASON_HEADER, RETRIES_HEADER, retries_so_far
 from invsync_pipeline.messaging.topology import RETRY_TIER_HEADER, build_topology
 from invsync_pipeline.settings import Settings
+
+# A lost connection ends the walk: what was not acked stays parked.
+_CONNECTION_LOST = (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError,
+                    pika.exceptions.ChannelWrongStateError, pika.exceptions.ChannelClosed)  # fmt: skip
 
 _AUDIT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS dlq_audit (
@@ -80,33 +85,42 @@ class Filters:
         if self.since or self.until:
             try:
                 ts = datetime.fromisoformat((p.event_time or "").replace("Z", "+00:00"))
-            except ValueError:
-                return False
-            if (self.since and ts < self.since) or (self.until and ts >= self.until):
+                if (self.since and ts < self.since) or (self.until and ts >= self.until):
+                    return False
+            except (ValueError, TypeError, OverflowError):  # not an instant (or one without offset)
                 return False
         return True
 
 
 def _parked(position: int, props: pika.BasicProperties, body: bytes) -> Parked:
-    headers = dict(props.headers or {})
+    """What a parked message says about itself, read as far as it can be: whatever a sender
+    wrote into its body or headers, this never raises (every tool here lists it)."""
+    headers = dict(props.headers or {}) if isinstance(props.headers, dict) else {}
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
     reason = headers.get(REASON_HEADER)
-    deaths = headers.get("x-death") or []
-    if reason is None and deaths:
-        reason = f"{deaths[0].get('reason')} in {deaths[0].get('queue')}"
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        data = {}
-    data = data if isinstance(data, dict) else {}
-    failed = headers.get(FAILED_QUEUE_HEADER) or (deaths[0].get("queue") if deaths else None)
+    if reason is None and death:
+        reason = f"{death.get('reason')} in {death.get('queue')}"
+    data = best_effort_fields(body)
+    failed = headers.get(FAILED_QUEUE_HEADER) or death.get("queue")
+    message_id = _text(props.message_id)
+    transaction_id, material, event_time = (
+        data.get(name) if isinstance(data.get(name), str) else None
+        for name in ("transaction_id", "material_number", "timestamp")
+    )
     return Parked(
-        position=position, message_id=props.message_id,
-        transaction_id=data.get("transaction_id") if isinstance(data.get("transaction_id"), str) else props.message_id,
-        reason=str(reason or "unknown"), failed_queue=failed, retries=int(headers.get(RETRIES_HEADER, 0) or 0),
-        material_number=data.get("material_number") if isinstance(data.get("material_number"), str) else None,
-        event_time=data.get("timestamp") if isinstance(data.get("timestamp"), str) else None,
-        body=body, headers=headers,
+        position=position, message_id=message_id, transaction_id=transaction_id or message_id,
+        reason=_text(reason) or "unknown", failed_queue=_text(failed), retries=retries_so_far(props),
+        material_number=material, event_time=event_time, body=bytes(body), headers=headers,
     )  # fmt: skip
+
+
+def _text(value: Any) -> str | None:
+    """A header or property as text (pika hands over bytes when it is not UTF-8)."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def browse(settings: Settings, filters: Filters = Filters(), limit: int = 100_000) -> list[Parked]:
@@ -182,9 +196,23 @@ def replay(settings: Settings, filters: Filters, actor: str, *, dry_run: bool = 
     outcome = ReplayOutcome([], [], dry_run)
     audit = DlqAudit(settings)
 
+    limits = ContractLimits.from_settings(settings)
+
     def act(channel: Any, p: Parked) -> bool:
         try:
-            event = parse_event(p.body, max_body_bytes=settings.staging.max_body_bytes)
+            return replay_one(channel, p)
+        except _CONNECTION_LOST:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one message that cannot be replayed stays parked
+            why = f"could not be replayed: {type(exc).__name__}: {exc}"
+            outcome.refused.append((p, why))
+            if not dry_run:
+                audit.write("refused", actor, p, None, why)
+            return False
+
+    def replay_one(channel: Any, p: Parked) -> bool:
+        try:
+            event = parse_event(p.body, limits=limits)
         except ContractViolation as violation:
             outcome.refused.append((p, f"invalid: {violation}"))
             if not dry_run:
@@ -201,6 +229,10 @@ def replay(settings: Settings, filters: Filters, actor: str, *, dry_run: bool = 
                    if k not in (RETRIES_HEADER, RETRY_TIER_HEADER, "x-death", "x-first-death-exchange",
                                 "x-first-death-queue", "x-first-death-reason")}  # fmt: skip
         headers["x-invsync-replayed-by"] = actor
+        if why_not_republishable(headers) is not None:
+            # The sender's headers cannot travel again (too big for a frame, or a value pika will
+            # not encode): the event goes on with ours only; the audit keeps the parked copy whole.
+            headers = {"x-invsync-replayed-by": actor}
         channel.basic_publish(
             topo.requeue_exchange, target, p.body,
             pika.BasicProperties(delivery_mode=2, content_type="application/json", message_id=event.transaction_id,
