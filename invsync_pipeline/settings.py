@@ -18,6 +18,7 @@ import os
 from datetime import date
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -260,6 +261,29 @@ class ConfigError(ValueError):
     """The configuration file is missing, unreadable or breaks a rule; the message says which."""
 
 
+def _refuse_secrets(raw: dict, path: Path) -> None:
+    """Secrets come from the environment only (DESIGN.md, invariant 6): a config file is
+    committed, copied and shared, so one holding a secret is refused, saying where it belongs."""
+    if "mes_token" in raw:
+        raise ConfigError(f"{path}: mes_token must not be in a config file; set INVSYNC_MES_TOKEN in the environment")
+    erp = raw.get("erp")
+    for where, url, variable in (
+        ("amqp_url", raw.get("amqp_url"), "INVSYNC_AMQP_URL"),
+        ("erp.url", erp.get("url") if isinstance(erp, dict) else None, "INVSYNC_ERP_URL"),
+    ):
+        if isinstance(url, str) and _has_password(url):
+            raise ConfigError(
+                f"{path}: {where} holds a password; leave it out of the file and set {variable} in the environment"
+            )
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # not a URL Settings would accept anyway: the model says what is wrong
+        return False
+
+
 def load_settings(config_path: str | Path | None = None, **overrides: object) -> Settings:
     """Read the YAML file, then apply the environment, then explicit overrides."""
     path = Path(config_path or os.environ.get("INVSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
@@ -273,6 +297,7 @@ def load_settings(config_path: str | Path | None = None, **overrides: object) ->
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     elif config_path or os.environ.get("INVSYNC_CONFIG"):
         raise ConfigError(f"config file {path} does not exist (set INVSYNC_CONFIG to the right path)")
+    _refuse_secrets(raw, path)
     if url := os.environ.get("INVSYNC_AMQP_URL"):
         raw["amqp_url"] = url
     if home := os.environ.get("INVSYNC_HOME"):
