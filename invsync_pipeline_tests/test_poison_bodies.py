@@ -316,6 +316,16 @@ def test_the_mes_answers_422_with_field_value_and_rule_never_500(mes, name):
     assert good.status_code == 201, good.text
 
 
+@pytest.mark.parametrize("raw", [b'{"a":' * 5000 + b"1" + b"}" * 5000, b'{"quantity": ' + b"1" * 5000 + b"}"])
+def test_a_backflush_body_that_cannot_be_read_is_a_422_too(mes, raw):
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    answer = requests.post(f"{mes.url}/api/v1/production/backflush", data=raw, headers=auth, timeout=10)
+
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == "body"
+
+
 def test_dlq_list_show_replay_and_discard_keep_poison_parked_and_replay_the_rest(
     settings, topology, connection, mes, worker
 ):

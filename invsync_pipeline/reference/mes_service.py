@@ -169,8 +169,8 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
     async def backflush(request: Request) -> Response:
         try:
             body = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            return error_response(422, f"body must be JSON: {exc}", "body", None, "must be a JSON object")
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested ~1,000 deep
+            return error_response(422, f"body must be JSON: {exc!r}"[:300], "body", None, "must be a JSON object")
         if not isinstance(body, dict):
             return error_response(422, "body must be a JSON object", "body", body, "must be a JSON object")
         if extra := sorted(body.keys() - _BACKFLUSH_FIELDS - _BACKFLUSH_OPTIONAL):
