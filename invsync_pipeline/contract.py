@@ -3,6 +3,11 @@
 Every rule of the table in DESIGN.md lives here, and nowhere else. ``parse_event`` is used by
 every consumer (the ledger drain, the MES sync worker) and by the publisher before a message
 leaves, so a rule broken anywhere gets the same error: the field, the value and the rule.
+
+Whatever a body holds, ``parse_event`` raises nothing but ContractViolation (invariant 3: one
+message never stops a consumer). Beyond the table it bounds what a sender may write: size,
+nesting, number length, and how far a timestamp may lie in the past or future (ContractLimits,
+from settings ``contract``).
 """
 
 from __future__ import annotations
