@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/sync_lag.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/fuzz_contract.py
 
 # Separate: it generates 26 GB of history first (about 25 minutes) in a temporary dir.
 bench-backfill: install
