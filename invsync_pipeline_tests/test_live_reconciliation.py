@@ -221,3 +221,44 @@ def test_a_difference_no_movement_explains_is_held_as_a_request_for_a_physical_c
     assert (method, status) == ("count", "held_for_review")
     assert "count the stock of M-GONE at WH01/RM01" in note
     assert _mes_stock(mes, "M-GONE") == Decimal("98")  # nothing was posted
+
+
+def test_an_adjustment_compensates_a_movement_and_its_late_original_is_not_applied(
+    settings, topology, connection, plant
+):
+    erp, mes = plant
+    hour, next_hour = hour_ago(3), hour_ago(2)
+    erp_posts_and_publishes(settings, erp, [event(material_number="M-WIP", quantity="1000",
+                                                  timestamp=stamp(hour, 5))])  # fmt: skip
+    # Production consumption booked in the ERP and never sent: the rules say the MES is right for
+    # consumption, so the correction undoes it in the ERP (an adjustment), not in the MES.
+    consumed = parse_event(event(material_number="M-WIP", transaction_type="issue", reason="production_consumption",
+                                 movement_type="261", quantity="15", timestamp=stamp(hour, 20)))  # fmt: skip
+    erp.post(consumed)
+    settle(settings, connection, topology)
+    _window(0)
+    reconcile_with_corrections(key_of(hour))
+
+    ((cid, method, target, quantity, status),) = _query(
+        settings, "SELECT correction_id, method, target_system, quantity, status FROM recon.corrections"
+    )
+    assert (method, target, quantity, status) == ("adjust", "ERP", Decimal("15"), "applied")
+    settle(settings, connection, topology)
+    assert _erp_stock(erp, "M-WIP") == _mes_stock(mes, "M-WIP") == Decimal("1000")
+
+    # The original comes after all: the correction stands for it, so the worker does not apply it.
+    with Outbox(settings) as box:
+        box.publish([consumed])
+    settle(settings, connection, topology)
+
+    assert _applied_times(mes, consumed.transaction_id) == 0
+    assert _erp_stock(erp, "M-WIP") == _mes_stock(mes, "M-WIP") == Decimal("1000")
+    from invsync_pipeline.sync.sync_log import SyncLog
+
+    log = {r.transaction_id: r.status for r in SyncLog(settings.home / "sync.sqlite").records()}
+    assert log[consumed.transaction_id] == "compensated"
+    reconcile_with_corrections(key_of(next_hour))
+    assert _query(settings, "SELECT count(*) FROM recon.corrections") == [(1,)]
+    assert _query(settings, "SELECT count(*) FROM recon.variances WHERE partition_hour = ? AND is_variance",
+                  [next_hour]) == [(0,)]  # fmt: skip
+    assert cid.startswith("RECON-")

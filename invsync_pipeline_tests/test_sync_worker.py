@@ -257,6 +257,11 @@ def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(settings, topol
     applied = _applied_ids(client)
     assert sorted(applied) == sorted(e["transaction_id"] for e in events)  # each once
     assert sum(_stock(client).values()) == Decimal(150)
+    # The sync log kept a row for every message, written before its ack: none lost to the kill.
+    # What the MES had applied before the kill came back as a redelivery and counts as applied.
+    rows = SyncLog(settings.home / "sync.sqlite").records()
+    assert sorted(r.transaction_id for r in rows) == sorted(applied)
+    assert {r.status for r in rows} == {"applied"}
 
 
 @pytest.mark.slow
@@ -296,3 +301,40 @@ def test_heartbeats_survive_mes_calls_longer_than_the_heartbeat(settings, topolo
 
     assert len(reconnects) == 1  # connected once, never dropped
     assert len(_applied_ids(client)) == 3
+
+
+def test_a_post_whose_answer_was_lost_is_looked_up_not_retried_or_parked(
+    settings, topology, connection, client, start_worker
+):
+    client.set_faults(lost_answer_rate=1.0)  # every post is applied, then answered 504
+    events = [event(material_number="LOST-ANSWER", quantity="2") for _ in range(5)]
+    publish_events(connection, topology.exchange, events)
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.applied == 5, what="5 applied")
+
+    assert (worker.stats.retried, worker.stats.parked) == (0, 0)
+    assert sorted(_applied_ids(client)) == sorted(e["transaction_id"] for e in events)
+    assert all(queue_depth(connection, q) == 0 for q in (*topology.retry_queues, topology.parking))
+    rows = SyncLog(settings.home / "sync.sqlite").records()
+    assert {r.status for r in rows} == {"applied"} and len(rows) == 5
+
+
+def test_the_late_original_of_a_compensated_movement_is_not_applied(
+    settings, topology, connection, client, start_worker
+):
+    from invsync_pipeline.ops.compensations import register
+
+    late = event(material_number="COMP-1", quantity="7")
+    register(settings, "RECON-test", "MES", [late["transaction_id"]])  # an adjustment stands for it
+    other = event(material_number="COMP-1", quantity="3")
+    publish_events(connection, topology.exchange, [late, other])
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.applied + worker.stats.compensated == 2, what="both handled")
+
+    assert worker.stats.compensated == 1
+    assert _applied_ids(client) == [other["transaction_id"]]
+    assert _stock(client) == {("WH01/RM01", "COMP-1"): Decimal("3")}
+    statuses = {r.transaction_id: r.status for r in SyncLog(settings.home / "sync.sqlite").records()}
+    assert statuses == {late["transaction_id"]: "compensated", other["transaction_id"]: "applied"}

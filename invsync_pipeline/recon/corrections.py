@@ -9,7 +9,7 @@ A correction never lets a movement's effect land twice, however late the movemen
 - ``adjust``: an adjustment (reason `correction`, source_system RECON, target_system = the system
   that is wrong) published through the same exchange as every movement, so it is synced, staged,
   reconciled and audited like any other. The movements it compensates are registered first
-  (``compensations.py``), so a late original is refused as compensated. Used when the rules say
+  (``ops/compensations.py``), so a late original is refused as compensated. Used when the rules say
   the system that lacks them is right (the other's booking is undone), when the MES refused the
   movement itself (dead_lettered), and for unit mismatches.
 - ``count``: nothing explains the difference on either side; a physical count is requested and
@@ -205,7 +205,7 @@ def apply_corrections(
     the movements it compensates, then posts and publishes the RECON event. Raises before anything
     is published when a re-sent movement cannot be found."""
     from invsync_pipeline.messaging.outbox import Outbox
-    from invsync_pipeline.recon.compensations import register
+    from invsync_pipeline.ops.compensations import register
 
     resend = [c for c, _ in corrections if c.method == "resend"]
     found = originals(settings, conn, {tx for c in resend for tx in c.explained_by})

@@ -38,6 +38,9 @@ class Faults(BaseModel):
     latency_ms: int = Field(default=0, ge=0, le=600_000)
     outage: bool = False
     outage_windows: list[OutageWindow] = Field(default_factory=list)
+    # Share of posts the MES applies and then answers 504, as if a gateway timed out: the
+    # "applied, but the answer was lost" case a client must look up before it tries again.
+    lost_answer_rate: float = Field(default=0.0, ge=0, le=1)
 
     def in_outage(self, now: datetime) -> bool:
         return self.outage or any(w.start <= now < w.end for w in self.outage_windows)
@@ -66,6 +69,11 @@ class FaultInjector:
         if draw < faults.error_rate:
             return faults.latency_ms / 1000, 500, f"internal error (injected fault, error_rate={faults.error_rate})"
         return faults.latency_ms / 1000, None, ""
+
+    def lose_answer(self) -> bool:
+        """Whether this applied post's answer is lost (``lost_answer_rate``)."""
+        with self._lock:
+            return self.faults.lost_answer_rate > 0 and self._rng.random() < self.faults.lost_answer_rate
 
 
 def _jsonable(value: Any) -> Any:

@@ -176,6 +176,12 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "Added to every inventory request, before anything is applied.",
             },
             "outage": {"type": "boolean", "description": "true: inventory requests and /healthz answer 503."},
+            "lost_answer_rate": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "Share of posts applied, then answered 504: the answer lost on the way back.",
+            },
             "outage_windows": {
                 "type": "array",
                 "items": {

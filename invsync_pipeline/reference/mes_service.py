@@ -112,7 +112,10 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
                 await asyncio.sleep(latency)
             if status is not None:
                 return error_response(status, why)
-            return await endpoint(request)
+            response = await endpoint(request)
+            if request.method == "POST" and response.status_code < 300 and faults.lose_answer():
+                return error_response(504, "the answer was lost on the way back (injected fault); it was applied")
+            return response
 
         return wrapper
 

@@ -3,6 +3,12 @@
 One row per transaction_id: our id beside the MES's id, when the event was published, when the
 MES confirmed it and when the worker acked it. It also answers "did we apply this already?"
 before every POST, so a redelivered message costs no MES call.
+
+A row is committed before its message is acked, so a worker killed at any moment loses no row
+of a message the broker will not deliver again (WAL: a commit survives the process). A message
+the MES had applied before a crash comes back as a redelivery; the MES then answers
+`duplicate`, and the row says `applied` with `redelivered` set, so flow metrics count it once,
+as applied.
 """
 
 from __future__ import annotations
@@ -16,16 +22,20 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_log (
     transaction_id     TEXT PRIMARY KEY,
     mes_transaction_id TEXT,
-    status             TEXT NOT NULL,      -- applied | duplicate | not_applicable | skipped | restored
+    status             TEXT NOT NULL,      -- applied | duplicate | skipped | restored | compensated
     queue              TEXT NOT NULL,
     published_ms       INTEGER,            -- publisher clock, from x-invsync-published-ms
     delivered_ms       INTEGER NOT NULL,   -- when the worker received it
     confirmed_ms       INTEGER NOT NULL,   -- when the MES answered
     acked_ms           INTEGER NOT NULL,
-    attempts           INTEGER NOT NULL    -- 1 + retries so far
+    attempts           INTEGER NOT NULL,   -- 1 + retries so far
+    redelivered        INTEGER NOT NULL DEFAULT 0  -- 1: the broker delivered it again (after a crash, a lost ack)
 );
 CREATE INDEX IF NOT EXISTS sync_log_acked ON sync_log (acked_ms);
 """
+
+# Statuses that mean the MES has the transaction: nothing to post again.
+IN_MES = ("applied", "duplicate", "restored")
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class SyncRecord:
     confirmed_ms: int
     acked_ms: int
     attempts: int
+    redelivered: bool = False
 
     @property
     def lag_ms(self) -> int | None:
@@ -51,67 +62,49 @@ class SyncLog:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        # The MES holds the truth of what was applied; this log is an optimisation and a
-        # metric, so it does not need an fsync per row.
+        # NORMAL in WAL mode: a commit survives the process being killed (not a power cut); the
+        # MES holds the truth of what was applied, and this log must survive the worker.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(sync_log)")}
+        if "redelivered" not in columns:  # a log written before the column existed
+            try:
+                self._conn.execute("ALTER TABLE sync_log ADD COLUMN redelivered INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as exc:  # another worker added it at the same moment
+                if "duplicate column" not in str(exc):
+                    raise
         self._lock = threading.Lock()
-        self._pending: list[tuple] = []
 
     def seen(self, transaction_id: str) -> str | None:
         """The MES id if this transaction was applied (or found duplicate, or restored) before."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT mes_transaction_id FROM sync_log"
-                " WHERE transaction_id = ? AND status IN ('applied', 'duplicate', 'restored')",
+                f"SELECT mes_transaction_id FROM sync_log WHERE transaction_id = ? AND status IN {IN_MES}",
                 (transaction_id,),
             ).fetchone()
-            if row is None:
-                for pending in self._pending:
-                    if pending[0] == transaction_id and pending[2] in ("applied", "duplicate", "restored"):
-                        return pending[1]
         return row[0] if row else None
 
     def record(self, rec: SyncRecord) -> None:
+        """Commit the row now: the caller acks the message only after this returns. A row for the
+        transaction already there is kept (the first outcome is the one that counts)."""
         with self._lock:
-            self._pending.append(
-                (
-                    rec.transaction_id,
-                    rec.mes_transaction_id,
-                    rec.status,
-                    rec.queue,
-                    rec.published_ms,
-                    rec.delivered_ms,
-                    rec.confirmed_ms,
-                    rec.acked_ms,
-                    rec.attempts,
-                )  # fmt: skip
-            )
-            if len(self._pending) >= 200:
-                self._flush_locked()
+            self._conn.execute(
+                "INSERT OR IGNORE INTO sync_log VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (rec.transaction_id, rec.mes_transaction_id, rec.status, rec.queue, rec.published_ms,
+                 rec.delivered_ms, rec.confirmed_ms, rec.acked_ms, rec.attempts, int(rec.redelivered)),
+            )  # fmt: skip
 
     def flush(self) -> None:
-        with self._lock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        if not self._pending:
-            return
-        self._conn.execute("BEGIN")
-        self._conn.executemany("INSERT OR IGNORE INTO sync_log VALUES (?,?,?,?,?,?,?,?,?)", self._pending)
-        self._conn.execute("COMMIT")
-        self._pending.clear()
+        """Nothing waits: every row is committed when recorded (kept for callers of the old API)."""
 
     def records(self, since_ms: int = 0) -> list[SyncRecord]:
-        self.flush()
         with self._lock:
             rows = self._conn.execute(
                 "SELECT * FROM sync_log WHERE acked_ms >= ? ORDER BY acked_ms", (since_ms,)
             ).fetchall()
-        return [SyncRecord(*row) for row in rows]
+        return [SyncRecord(*row[:9], redelivered=bool(row[9])) for row in rows]
 
     def close(self) -> None:
-        self.flush()
         self._conn.close()

@@ -46,8 +46,10 @@ from invsync_pipeline.messaging.amqp_headers import why_not_republishable
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.retry import RETRIES_HEADER, publish_failure, retries_so_far
 from invsync_pipeline.messaging.topology import apply_topology
+from invsync_pipeline.ops.compensations import compensated_by
+from invsync_pipeline.ops.compensations import registry as compensation_registry
 from invsync_pipeline.settings import NON_CRITICAL_TRANSACTION_TYPES, Settings
-from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable, PostResult
+from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesError, MesRejected, MesUnavailable, PostResult
 from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord
 
 log = logging.getLogger("invsync.sync")
@@ -90,6 +92,8 @@ class WorkerStats:
     duplicates: int = 0
     skipped: int = 0
     restored: int = 0  # live-MES bookings put back after go-live's copy (cutover/switch.py)
+    compensated: int = 0  # late originals of movements a correction's adjustment stands for: not applied
+    redelivered: int = 0  # of the applied: the MES had them from an attempt whose outcome was lost
     retried: int = 0
     parked: int = 0
     by_queue: dict[str, int] = field(default_factory=dict)
@@ -107,6 +111,7 @@ class _Job:
     earlier: MesClient | None = None  # the pre-switch target, for events older than the last switch
     future: Future | None = None
     restore_after: Switch | None = None  # a live-MES booking older than this go-live: see restore_overwritten
+    redelivered: bool = False  # the broker delivered it before (a crash, a lost ack)
 
 
 class SyncWorker:
@@ -137,6 +142,7 @@ class SyncWorker:
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._topology = None
+        self._compensations: sqlite3.Connection | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -197,7 +203,7 @@ class SyncWorker:
         )
 
     def _loop(self, deadline: float | None) -> None:
-        next_window_check = next_log_flush = next_cutover_check = 0.0
+        next_window_check = next_cutover_check = 0.0
         while not self._stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -210,10 +216,6 @@ class SyncWorker:
                 self._toggle_noncritical(in_window(self.settings.sync.noncritical_windows, datetime.now(UTC)))
                 next_window_check = now + 15
             self._conn.process_data_events(time_limit=0.2)
-            if now >= next_log_flush:
-                # Readers (metrics, benchmarks) see the sync log within half a second.
-                self.sync_log.flush()
-                next_log_flush = now + 0.5
             if self._fatal is not None:
                 self._stop.set()
         self._finish_inflight()
@@ -271,6 +273,8 @@ class SyncWorker:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._drop_connection()
         self.sync_log.close()
+        if self._compensations is not None:
+            self._compensations.close()
         # A stopped worker need not pause for a switch.
         with contextlib.suppress(Exception):
             self.cutover.leave(self.worker_id)
@@ -330,13 +334,27 @@ class SyncWorker:
             # correction meant for the ERP, or a material type outside the cutover's pilot scope.
             self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms)
             return
+        redelivered = bool(getattr(method, "redelivered", False))
         if (mes_id := self.sync_log.seen(event.transaction_id)) is not None:
-            self._ack(queue, method.delivery_tag, properties, event, mes_id, "duplicate", delivered_ms, delivered_ms)
+            self._ack(queue, method.delivery_tag, properties, event, mes_id, "duplicate", delivered_ms, delivered_ms,
+                      redelivered=redelivered)  # fmt: skip
+            return
+        if (correction := self._compensated_by(event.transaction_id)) is not None:
+            # A correction stands for this movement by an adjustment: applying the late original
+            # as well would count it twice (ops/compensations.py).
+            log.info("compensated tx=%s by %s: not applied", event.transaction_id, correction)
+            self._ack(queue, method.delivery_tag, properties, event, None, "compensated", delivered_ms, delivered_ms,
+                      redelivered=redelivered)  # fmt: skip
             return
         job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, self.targets[mode],
-                   self._before_switch_target(event))  # fmt: skip
+                   self._before_switch_target(event), redelivered=redelivered)  # fmt: skip
         self._inflight[job.tag] = job
         job.future = self._pool.submit(self._call_mes, job, self._conn)
+
+    def _compensated_by(self, transaction_id: str) -> str | None:
+        if self._compensations is None:  # opened on the I/O thread, which alone uses it
+            self._compensations = compensation_registry(self.settings)
+        return compensated_by(self._compensations, transaction_id, "MES")
 
     def _go_live_overwrote(self, event: InventoryEvent) -> Switch | None:
         """The go-live whose copy may have overwritten this live-MES booking, if any."""
@@ -375,7 +393,7 @@ class SyncWorker:
                 # Applied before the switch (its ack was lost then); the switch's copy carried it over.
                 outcome = PostResult(earlier["mes_transaction_id"], "duplicate", job.event.transaction_id)
             else:
-                outcome = job.target.post_transaction(job.event)
+                outcome = _post_or_find(job.target, job.event)
         except (MesUnavailable, MesRejected, MesAuthError) as exc:
             outcome = exc
         except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
@@ -401,13 +419,23 @@ class SyncWorker:
         if isinstance(outcome, MesUnavailable):
             self._fail(job.queue, job.tag, job.properties, job.body, f"MES unavailable: {outcome}", retryable=True)
             return
-        self._ack(job.queue, job.tag, job.properties, job.event, outcome.mes_transaction_id, outcome.status,
-                  job.delivered_ms, confirmed_ms)  # fmt: skip
+        status, redelivered = outcome.status, job.redelivered
+        again = job.redelivered or retries_so_far(job.properties) > 0
+        if status == "duplicate" and again and self.sync_log.seen(tx) is None:
+            # Delivered again (after a crash, or from a retry tier), and the MES already has it
+            # though our log does not: an earlier attempt of ours applied it and its outcome was
+            # lost. It counts once, as applied. A fresh copy (the same id published twice) stays
+            # a duplicate.
+            status, redelivered = "applied", True
+        self._ack(job.queue, job.tag, job.properties, job.event, outcome.mes_transaction_id, status,
+                  job.delivered_ms, confirmed_ms, redelivered=redelivered)  # fmt: skip
         log.info("%s tx=%s mes_tx=%s queue=%s", outcome.status, tx, outcome.mes_transaction_id, job.queue)
 
     def _ack(self, queue: str, tag: int, properties: pika.BasicProperties, event: InventoryEvent,
-             mes_id: str | None, status: str, delivered_ms: int, confirmed_ms: int) -> None:  # fmt: skip
-        self._channel.basic_ack(tag)
+             mes_id: str | None, status: str, delivered_ms: int, confirmed_ms: int,
+             *, redelivered: bool = False) -> None:  # fmt: skip
+        """Log the outcome durably, then ack: a worker killed in between gets the message again,
+        and its row says what happened (a row is never lost for a message acked)."""
         acked_ms = _now_ms()
         headers = properties.headers or {}
         published = headers.get(PUBLISHED_MS_HEADER)
@@ -424,14 +452,19 @@ class SyncWorker:
                 confirmed_ms,
                 acked_ms,
                 retries_so_far(properties) + 1,
+                redelivered,
             )  # fmt: skip
         )
+        self._channel.basic_ack(tag)
         if status == "applied":
             self.stats.applied += 1
+            self.stats.redelivered += redelivered
         elif status == "duplicate":
             self.stats.duplicates += 1
         elif status == "restored":
             self.stats.restored += 1
+        elif status == "compensated":
+            self.stats.compensated += 1
         else:
             self.stats.skipped += 1
         self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
@@ -499,3 +532,20 @@ def _usable_published_ms(properties: pika.BasicProperties) -> pika.BasicProperti
         content_type=properties.content_type, delivery_mode=properties.delivery_mode,
         message_id=properties.message_id, timestamp=properties.timestamp, headers=kept,
     )  # fmt: skip
+
+
+def _post_or_find(mes: MesClient, event: InventoryEvent) -> PostResult:
+    """Post the event. If the MES did not answer (a timeout, a dropped connection), it may have
+    applied it all the same: look it up before it goes to a retry tier or parking, so an applied
+    movement is neither retried for nothing nor parked as "MES unavailable"."""
+    try:
+        return mes.post_transaction(event)
+    except MesUnavailable as unanswered:
+        try:
+            found = mes.find_transaction(event.transaction_id)
+        except MesError:
+            raise unanswered from None  # it cannot be asked either: retry later
+        if found is None or found.get("status") not in ("applied", "not_applicable"):
+            raise
+        log.info("tx=%s: the MES did not answer the post but has applied it (%s)", event.transaction_id, unanswered)
+        return PostResult(found["mes_transaction_id"], "applied", event.transaction_id)
