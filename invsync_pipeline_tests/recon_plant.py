@@ -73,7 +73,8 @@ def stamp(hour: datetime, minutes: float) -> str:
 
 
 def erp_posts_and_publishes(settings, erp, events) -> None:
-    parsed = [parse_event(e) for e in events]
+    """Post each event (a dict or an InventoryEvent) in the ERP, then publish them through the outbox."""
+    parsed = [parse_event(e) if isinstance(e, dict) else e for e in events]
     for e in parsed:
         erp.post(e)
     with Outbox(settings) as box:
