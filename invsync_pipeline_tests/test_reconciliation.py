@@ -23,6 +23,7 @@ from invsync_pipeline_tests.recon_plant import (
 
 pytestmark = pytest.mark.broker
 
+
 def test_each_kind_of_discrepancy_is_detected_with_its_cause(settings, topology, connection, plant):
     erp, mes = plant
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)

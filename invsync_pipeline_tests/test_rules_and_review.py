@@ -69,7 +69,8 @@ def held_correction(settings) -> str:
         conn.execute(
             "INSERT INTO recon.corrections VALUES ('RECON-abc', ?, 'MAT-1', 'raw', 'WH01/RM01', 'KG', "
             "'missing_in_mes', 'MES', 600, 'ERP', 'erp_wins_receipts_and_shipments', 60, NULL, true, "
-            "'held_for_review', 'auto:erp_wins_receipts_and_shipments', ?, 1000, NULL, ['TX-1'], NULL, 'critical', 'resend')",
+            "'held_for_review', 'auto:erp_wins_receipts_and_shipments', ?, 1000, NULL, ['TX-1'], NULL, 'critical', "
+            "'resend')",
             [HOUR, HOUR],
         )
     return "RECON-abc"

@@ -113,8 +113,7 @@ _CHANGED = {
     "staging.inventory_events": "SELECT partition_hour, max(loaded_at) FROM staging.loaded_segments GROUP BY ALL",
     "ledger.transaction_ledger": "SELECT partition_hour, max(loaded_at) FROM staging.loaded_segments GROUP BY ALL",
     "recon.corrections": "SELECT partition_hour, max(logged_at) FROM recon.correction_audit_log GROUP BY ALL",
-    "recon.correction_audit_log": "SELECT partition_hour, max(logged_at) FROM recon.correction_audit_log "
-    "GROUP BY ALL",
+    "recon.correction_audit_log": "SELECT partition_hour, max(logged_at) FROM recon.correction_audit_log GROUP BY ALL",
 }
 
 

@@ -85,9 +85,7 @@ def outbox_backlog(settings: Settings) -> list[HeldMessage]:
     finally:
         db.close()
     reason = "buffered in the ERP outbox, not yet confirmed by the broker"
-    return [
-        _held({**_best_effort(body), "transaction_id": tx}, "outbox", "in_flight", reason, tx) for tx, body in rows
-    ]
+    return [_held({**_best_effort(body), "transaction_id": tx}, "outbox", "in_flight", reason, tx) for tx, body in rows]
 
 
 def browse_backlog(

@@ -173,7 +173,8 @@ class ErpDatabase:
         stock, docs, mara = t.stock, t.documents, t.materials
         stock_unit = stock.c.unit if "unit" in stock.c else sa.null()
         only = lambda table: [  # noqa: E731
-            *([table.c.plant == plant] if plant else []), *([table.c.material == material] if material else [])
+            *([table.c.plant == plant] if plant else []),
+            *([table.c.material == material] if material else []),
         ]
         parts = [
             sa.select(stock.c.material, stock.c.plant, stock.c.storage_location,
