@@ -160,6 +160,15 @@ class InventoryEvent(BaseModel):
             raise PydanticCustomError("not_printable", _NOT_PRINTABLE_RULE)
         return value
 
+    @field_validator("transaction_id")
+    @classmethod
+    def _fits_message_id(cls, value: str) -> str:
+        # It travels as the AMQP message_id, a short string of at most 255 bytes: 64 characters
+        # of four UTF-8 bytes each would not fit, and no publisher could send the event.
+        if len(value.encode("utf-8")) > 255:
+            raise PydanticCustomError("too_many_bytes", "must be at most 255 bytes in UTF-8 (the AMQP message_id)")
+        return value
+
     @property
     def warehouse(self) -> str:
         return self.location.split("/", 1)[0]

@@ -831,3 +831,10 @@ def test_cli_contract_validate_exits_zero_when_every_line_is_good(tmp_path):
 
     assert result.exit_code == 0, result.output
     assert result.output.strip() == "2 valid, 0 invalid"
+
+
+def test_a_transaction_id_too_long_for_an_amqp_message_id_is_refused():
+    # 64 characters, but 256 bytes in UTF-8: it could never be published as the message_id.
+    with pytest.raises(ContractViolation, match="at most 255 bytes"):
+        parse_event({**GOOD, "transaction_id": "\U0001d538" * 64})
+    assert parse_event({**GOOD, "transaction_id": "\u00e9" * 64}).transaction_id == "\u00e9" * 64  # 128 bytes

@@ -8,7 +8,6 @@ transaction_id). The count browsed per queue is bounded.
 from __future__ import annotations
 
 import base64
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 import pika.exceptions
 
+from invsync_pipeline.contract import best_effort_fields
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.retry import REASON_HEADER
 from invsync_pipeline.messaging.staged_log import StagedEventLog
@@ -36,15 +36,6 @@ class HeldMessage:
     to_location: str | None
     reason: str | None
     timestamp: str | None
-
-
-def _best_effort(body: bytes) -> dict[str, Any]:
-    """The fields of a message that may be invalid: whatever parses."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _effect(data: dict[str, Any]) -> Decimal | None:
@@ -85,7 +76,10 @@ def outbox_backlog(settings: Settings) -> list[HeldMessage]:
     finally:
         db.close()
     reason = "buffered in the ERP outbox, not yet confirmed by the broker"
-    return [_held({**_best_effort(body), "transaction_id": tx}, "outbox", "in_flight", reason, tx) for tx, body in rows]
+    return [
+        _held({**best_effort_fields(body), "transaction_id": tx}, "outbox", "in_flight", reason, tx)
+        for tx, body in rows
+    ]
 
 
 def browse_backlog(
@@ -103,7 +97,7 @@ def browse_backlog(
         on_broker_error(exc)
     for row in StagedEventLog(settings.staged_dir).quarantined():
         body = base64.b64decode(row["body_b64"])
-        held.append(_held(_best_effort(body), "quarantine", "quarantined", row["reason"], row.get("message_id")))
+        held.append(_held(best_effort_fields(body), "quarantine", "quarantined", row["reason"], row.get("message_id")))
     return held
 
 
@@ -126,7 +120,7 @@ def _queued(settings: Settings, per_queue_limit: int) -> list[HeldMessage]:
                     reason = headers.get(REASON_HEADER)
                     if reason is None and kind == "dead_lettered" and headers.get("x-death"):
                         reason = f"expired ({headers['x-death'][0].get('reason')})"
-                    held.append(_held(_best_effort(body), queue, kind, reason, props.message_id))
+                    held.append(_held(best_effort_fields(body), queue, kind, reason, props.message_id))
             finally:
                 channel.close()  # returns every fetched message to its queue
     finally:
