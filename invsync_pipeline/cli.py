@@ -616,12 +616,13 @@ def rules() -> None:
 
 @rules.command("check")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
-def rules_check(path: str | None) -> None:
-    """Validate a rules file; exit 2 with the field and value when it is wrong."""
+@click.pass_context
+def rules_check(ctx: click.Context, path: str | None) -> None:
+    """Validate a rules file (default: the one in use); exit 2 with the field and value when it is wrong."""
     from invsync_pipeline.recon.rules import RulesError, load_rules
 
     try:
-        loaded = load_rules(path)
+        loaded = load_rules(path or _settings(ctx).reconciliation.rules_path)
     except RulesError as exc:
         click.echo(f"invsync: {exc}", err=True)
         sys.exit(2)

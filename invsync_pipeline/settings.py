@@ -10,12 +10,17 @@ environment, never from the file:
                          one broker without touching each other's topology
 - ``INVSYNC_MES_URL``    MES base URL; ``INVSYNC_MES_TOKEN`` its bearer token
 - ``INVSYNC_ERP_URL``    SQLAlchemy URL of the ERP database, default SQLite under INVSYNC_HOME
+- ``INVSYNC_ALERT_WEBHOOK_URL``  where alerts are posted (Slack / Teams incoming webhook)
+
+A few settings of the file may also be given by the environment (``ENVIRONMENT`` below lists
+them all). This module is the only reader of the file and of the environment: everything else
+gets a ``Settings``, and nothing is read at import time.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -24,6 +29,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The first hourly partition Dagster knows. A plant's own first hour is reconciliation.first_hour.
+FIRST_PARTITION = "2025-01-01-00:00"
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "data" / "invsync.yaml"
 DEFAULT_AMQP_URL = "amqp://127.0.0.1:5672/%2F"
 
@@ -135,6 +142,13 @@ class SyncSettings(_Strict):
     # an empty list applies them at once.
     noncritical_windows: tuple[str, ...] = ()
     noncritical_batch_size: int = Field(default=500, gt=0)
+
+    @field_validator("noncritical_windows")
+    @classmethod
+    def _windows(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for window in value:
+            clock_window(window)
+        return value
     # AMQP heartbeat; MES calls run off the connection's thread, so even calls longer than
     # this never make the broker drop the worker.
     heartbeat_seconds: int = Field(default=30, ge=1, le=600)
@@ -148,6 +162,37 @@ class ReconciliationSettings(_Strict):
     # others): it is `in_flight`, never corrected, and looked at again in the next hours. Only
     # once the window has passed can it become `not_published` or `missing_in_*` and be corrected.
     in_flight_window_minutes: int = Field(default=120, ge=0, le=7 * 24 * 60)
+    # The first hour reconciled (UTC, "YYYY-MM-DD-HH:00"): a plant onboarded at a cut-off starts
+    # there (`invsync onboard`); earlier hours are neither staged into DuckDB nor scheduled.
+    first_hour: str = FIRST_PARTITION
+    # The source-of-truth rules file.
+    rules_path: Path = PROJECT_ROOT / "data" / "rules.yaml"
+
+    @field_validator("first_hour")
+    @classmethod
+    def _hour_key(cls, value: str) -> str:
+        try:
+            parsed = datetime.strptime(value, "%Y-%m-%d-%H:%M")
+        except ValueError:
+            raise ValueError("must be an hour as YYYY-MM-DD-HH:00 (UTC), e.g. 2026-12-01-06:00") from None
+        if parsed.minute or parsed < datetime.strptime(FIRST_PARTITION, "%Y-%m-%d-%H:%M"):
+            raise ValueError(f"must be a whole hour (minute 00), not before {FIRST_PARTITION}")
+        return value
+
+
+class ChecksSettings(_Strict):
+    """Thresholds of the asset checks (checks/)."""
+
+    accuracy_goal_pct: float = Field(default=99.5, gt=0, le=100)  # inventory_accuracy warns below it
+    freshness_minutes: float = Field(default=90, gt=0)  # staged_events_fresh: newest event older than this
+    working_hours: str = "06:00-22:00"  # UTC; outside them a quiet plant is normal
+    parked_max_hours: float = Field(default=4.0, gt=0)  # parking_not_stale: parked longer than this
+
+    @field_validator("working_hours")
+    @classmethod
+    def _working_hours(cls, value: str) -> str:
+        clock_window(value)
+        return value
 
 
 class MonitoringSettings(_Strict):
@@ -225,9 +270,11 @@ class Settings(_Strict):
     erp: ErpSettings = ErpSettings()
     sync: SyncSettings = SyncSettings()
     reconciliation: ReconciliationSettings = ReconciliationSettings()
+    checks: ChecksSettings = ChecksSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     cutover: CutoverSettings = CutoverSettings()
     mes_token: str | None = None
+    alert_webhook_url: str | None = None
     amqp_url: str = DEFAULT_AMQP_URL
     home: Path = PROJECT_ROOT / "data" / "runtime"
     namespace: str = ""
@@ -257,6 +304,43 @@ class Settings(_Strict):
         return self.erp.url or f"sqlite:///{self.home / 'erp.sqlite'}"
 
 
+def clock_window(window: str) -> tuple[int, int]:
+    """("HH:MM-HH:MM" in UTC) -> (start, end) in minutes of the day; end may be 24:00, and a
+    start after the end wraps midnight (22:00-06:00). Raises ValueError saying what to write."""
+    start, sep, end = window.partition("-")
+    minutes = []
+    for part in (start, end) if sep else ():
+        try:
+            hours, mins = (int(x) for x in part.strip().split(":"))
+        except ValueError:
+            break
+        if not (0 <= hours <= 24 and 0 <= mins < 60) or (hours == 24 and mins):
+            break
+        minutes.append(hours * 60 + mins)
+    if len(minutes) != 2:
+        raise ValueError(f"{window!r} is not HH:MM-HH:MM in UTC; write e.g. '06:00-22:00'")
+    return minutes[0], minutes[1]
+
+
+# Settings the environment may give, over the file: (variable, where in the settings).
+ENVIRONMENT: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("INVSYNC_AMQP_URL", ("amqp_url",)),
+    ("INVSYNC_HOME", ("home",)),
+    ("INVSYNC_NAMESPACE", ("namespace",)),
+    ("INVSYNC_MES_TOKEN", ("mes_token",)),
+    ("INVSYNC_MES_URL", ("mes", "base_url")),
+    ("INVSYNC_ERP_URL", ("erp", "url")),
+    ("INVSYNC_DUCKDB_MEMORY_LIMIT", ("duckdb", "memory_limit")),
+    ("INVSYNC_ALERT_WEBHOOK_URL", ("alert_webhook_url",)),
+    ("INVSYNC_RULES", ("reconciliation", "rules_path")),
+    ("INVSYNC_FIRST_HOUR", ("reconciliation", "first_hour")),
+    ("INVSYNC_ACCURACY_GOAL", ("checks", "accuracy_goal_pct")),
+    ("INVSYNC_FRESHNESS_MINUTES", ("checks", "freshness_minutes")),
+    ("INVSYNC_WORKING_HOURS", ("checks", "working_hours")),
+    ("INVSYNC_PARKED_MAX_HOURS", ("checks", "parked_max_hours")),
+)
+
+
 class ConfigError(ValueError):
     """The configuration file is missing, unreadable or breaks a rule; the message says which."""
 
@@ -266,6 +350,10 @@ def _refuse_secrets(raw: dict, path: Path) -> None:
     committed, copied and shared, so one holding a secret is refused, saying where it belongs."""
     if "mes_token" in raw:
         raise ConfigError(f"{path}: mes_token must not be in a config file; set INVSYNC_MES_TOKEN in the environment")
+    if "alert_webhook_url" in raw:  # an incoming webhook's URL is its credential
+        raise ConfigError(
+            f"{path}: alert_webhook_url must not be in a config file; set INVSYNC_ALERT_WEBHOOK_URL in the environment"
+        )
     erp = raw.get("erp")
     for where, url, variable in (
         ("amqp_url", raw.get("amqp_url"), "INVSYNC_AMQP_URL"),
@@ -298,25 +386,24 @@ def load_settings(config_path: str | Path | None = None, **overrides: object) ->
     elif config_path or os.environ.get("INVSYNC_CONFIG"):
         raise ConfigError(f"config file {path} does not exist (set INVSYNC_CONFIG to the right path)")
     _refuse_secrets(raw, path)
-    if url := os.environ.get("INVSYNC_AMQP_URL"):
-        raw["amqp_url"] = url
-    if home := os.environ.get("INVSYNC_HOME"):
-        raw["home"] = home
-    if (namespace := os.environ.get("INVSYNC_NAMESPACE")) is not None:
-        raw["namespace"] = namespace
-    if token := os.environ.get("INVSYNC_MES_TOKEN"):
-        raw["mes_token"] = token
-    if mes_url := os.environ.get("INVSYNC_MES_URL"):
-        raw.setdefault("mes", {})["base_url"] = mes_url
-    if erp_url := os.environ.get("INVSYNC_ERP_URL"):
-        raw.setdefault("erp", {})["url"] = erp_url
-    if memory_limit := os.environ.get("INVSYNC_DUCKDB_MEMORY_LIMIT"):
-        raw.setdefault("duckdb", {})["memory_limit"] = memory_limit
+    given: dict[tuple[str, ...], str] = {}
+    for variable, where in ENVIRONMENT:
+        value = os.environ.get(variable)
+        if value is None or (value == "" and variable != "INVSYNC_NAMESPACE"):
+            continue  # an empty namespace is a choice (no prefix); other empty variables are unset
+        section = raw
+        for key in where[:-1]:
+            section = section.setdefault(key, {})
+        section[where[-1]] = value
+        given[where] = variable
     raw.update(overrides)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}"
+            + (f" (from {given[tuple(err['loc'])]})" if tuple(err["loc"]) in given else "")
+            + f": {err['msg']}"
+            for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from exc

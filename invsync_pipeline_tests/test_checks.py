@@ -23,7 +23,7 @@ from invsync_pipeline.checks.asset_checks import (
 )
 from invsync_pipeline.messaging.staged_log import StagedEventLog, new_segment_id
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
-from invsync_pipeline.settings import load_settings
+from invsync_pipeline.settings import ConfigError, load_settings
 from invsync_pipeline.warehouse import open_warehouse, sql
 from invsync_pipeline_tests.factories import event
 
@@ -122,6 +122,8 @@ def _clean_hour(warehouse: WarehouseResource) -> None:
 
 def _check(check, warehouse: WarehouseResource, **kwargs) -> dg.AssetCheckResult:
     """Calls a check as Dagster University's tests do; without a partition it takes the latest hour."""
+    if check is inventory_accuracy:
+        kwargs.setdefault("invsync", InvsyncResource())  # the goal comes from the settings
     return check(dg.build_asset_check_context(), warehouse=warehouse, **kwargs)
 
 
@@ -321,7 +323,7 @@ def test_a_goal_that_is_not_a_percentage_says_what_to_set(warehouse, monkeypatch
     _variances(warehouse, rows=10, variances=0)
     monkeypatch.setenv("INVSYNC_ACCURACY_GOAL", "high")
 
-    with pytest.raises(ValueError, match="INVSYNC_ACCURACY_GOAL='high' is not a number"):
+    with pytest.raises(ConfigError, match=r"accuracy_goal_pct='high' \(from INVSYNC_ACCURACY_GOAL\)"):
         _check(inventory_accuracy, warehouse)
 
 

@@ -14,6 +14,7 @@ from invsync_pipeline.checks.freshness import OPERATIONS_CHECKS, parking_not_sta
 from invsync_pipeline.messaging.retry import REASON_HEADER
 from invsync_pipeline.ops.queue_health import QueueSample, record
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.settings import ConfigError
 from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord
 from invsync_pipeline.warehouse import open_warehouse
 from invsync_pipeline_tests.factories import event
@@ -214,7 +215,7 @@ def test_stale_staged_events_during_working_hours_warn(warehouse, monkeypatch):
     monkeypatch.setenv("INVSYNC_WORKING_HOURS", _around_now(-1, 1))
     _received(warehouse, timedelta(hours=3))
 
-    result = staged_events_fresh(dg.build_asset_check_context(), warehouse=warehouse)
+    result = staged_events_fresh(dg.build_asset_check_context(), invsync=InvsyncResource(), warehouse=warehouse)
 
     assert not result.passed
     assert result.severity == dg.AssetCheckSeverity.WARN
@@ -225,7 +226,7 @@ def test_fresh_staged_events_pass(warehouse, monkeypatch):
     monkeypatch.setenv("INVSYNC_WORKING_HOURS", _around_now(-1, 1))
     _received(warehouse, timedelta(minutes=10))
 
-    assert staged_events_fresh(dg.build_asset_check_context(), warehouse=warehouse).passed
+    assert staged_events_fresh(dg.build_asset_check_context(), invsync=InvsyncResource(), warehouse=warehouse).passed
 
 
 def test_stale_staged_events_outside_working_hours_pass_with_a_note(warehouse, monkeypatch):
@@ -233,7 +234,7 @@ def test_stale_staged_events_outside_working_hours_pass_with_a_note(warehouse, m
     monkeypatch.setenv("INVSYNC_FRESHNESS_MINUTES", "30")
     _received(warehouse, timedelta(hours=3))
 
-    result = staged_events_fresh(dg.build_asset_check_context(), warehouse=warehouse)
+    result = staged_events_fresh(dg.build_asset_check_context(), invsync=InvsyncResource(), warehouse=warehouse)
 
     assert result.passed
     assert "outside working hours" in result.metadata["note"].value
@@ -241,8 +242,8 @@ def test_stale_staged_events_outside_working_hours_pass_with_a_note(warehouse, m
 
 def test_working_hours_that_cannot_be_read_say_what_to_set(warehouse, monkeypatch):
     monkeypatch.setenv("INVSYNC_WORKING_HOURS", "6-22")
-    with pytest.raises(ValueError, match="INVSYNC_WORKING_HOURS='6-22' is not HH:MM-HH:MM"):
-        staged_events_fresh(dg.build_asset_check_context(), warehouse=warehouse)
+    with pytest.raises(ConfigError, match=r"working_hours='6-22' \(from INVSYNC_WORKING_HOURS\).*not HH:MM-HH:MM"):
+        staged_events_fresh(dg.build_asset_check_context(), invsync=InvsyncResource(), warehouse=warehouse)
 
 
 @pytest.mark.broker

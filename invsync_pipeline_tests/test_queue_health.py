@@ -46,6 +46,7 @@ def webhook(monkeypatch):
 
 
 def test_a_stalled_worker_fires_one_queue_alert_per_incident(settings, topology, connection, webhook):
+    settings = load_settings()  # with the webhook's URL, set after the settings fixture ran
     publish_events(connection, topology.exchange, [event() for _ in range(20)])  # no worker runs
 
     _, findings, raised = check_queues(settings)
@@ -147,6 +148,7 @@ def test_a_quorum_queue_counts_unacked_and_stranded_dead_letters_and_strands_are
     quorum_topology, connection, webhook
 ):
     settings, topo = quorum_topology
+    settings = settings.model_copy(update={"alert_webhook_url": os.environ["INVSYNC_ALERT_WEBHOOK_URL"]})
     raw, retry_1 = settings.name("plant.wh01.raw"), topo.retry_queues[0]
     publish_events(connection, topo.exchange, [event() for _ in range(3)])
     channel = connection.channel()

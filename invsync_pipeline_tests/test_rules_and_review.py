@@ -10,14 +10,15 @@ import yaml
 from click.testing import CliRunner
 
 from invsync_pipeline.cli import main
-from invsync_pipeline.recon.rules import DEFAULT_RULES_PATH, RulesError, load_rules
+from invsync_pipeline.recon.rules import RulesError, load_rules
+from invsync_pipeline.settings import load_settings
 from invsync_pipeline.warehouse import open_warehouse
 
 HOUR = datetime(2026, 11, 24, 10, tzinfo=UTC)
 
 
 def _rules_file(tmp_path: Path, mutate) -> Path:
-    data = yaml.safe_load(DEFAULT_RULES_PATH.read_text())
+    data = yaml.safe_load(load_settings().reconciliation.rules_path.read_text())
     mutate(data)
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -25,7 +26,7 @@ def _rules_file(tmp_path: Path, mutate) -> Path:
 
 
 def test_the_shipped_rules_say_erp_wins_receipts_and_mes_wins_wip_consumption():
-    rules = load_rules()
+    rules = load_rules(load_settings().reconciliation.rules_path)
     assert rules.truth_for("purchase_receipt").truth == "ERP"
     assert rules.truth_for("shipment").truth == "ERP"
     assert rules.truth_for("production_consumption").truth == "MES"

@@ -20,7 +20,7 @@ class CorrectionConfig(dg.Config):
     # "now" in live operation; "next_hour_start" when replaying past hours as if live (demo,
     # tests), so the correction lands in the next hour and that hour's check shows the result.
     effective_at: Literal["now", "next_hour_start"] = "now"
-    rules_path: str | None = None  # default: INVSYNC_RULES or data/rules.yaml
+    rules_path: str | None = None  # default: settings reconciliation.rules_path (INVSYNC_RULES, data/rules.yaml)
 
 
 @dg.asset(
@@ -82,9 +82,10 @@ def _auto_corrections_hour(
     from invsync_pipeline.recon.corrections import alert_held, apply_corrections, decide, effective_time, record
     from invsync_pipeline.recon.rules import load_rules
 
-    rules = load_rules(config.rules_path)  # a bad rules file stops here, before anything changes
-    start, end = hour_bounds(partition_key)
     settings = invsync.settings()
+    # A bad rules file stops here, before anything changes.
+    rules = load_rules(config.rules_path or settings.reconciliation.rules_path)
+    start, end = hour_bounds(partition_key)
     with warehouse.connect() as conn:
         decisions = decide(conn, start, rules)
         effective = effective_time(end, config.effective_at)

@@ -8,7 +8,6 @@ checks is a preview feature in Dagster 1.13, so a check's status in the UI is th
 hour it validated.
 """
 
-import os
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,11 +18,10 @@ from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_invent
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
 from invsync_pipeline.checks import expectations as ex
 from invsync_pipeline.messaging.staged_log import hour_bounds, partition_key_of
-from invsync_pipeline.resources import WarehouseResource
+from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 
 # Share of material-locations whose ERP and MES books agree in an hour, in %. INVSYNC_ACCURACY_GOAL
 # overrides it per deployment (a percentage, e.g. 99.0).
-ACCURACY_GOAL_PCT = 99.5
 INVENTORY_VARIANCES = dg.AssetKey("inventory_variances")
 _EXAMPLES = 5
 
@@ -32,20 +30,6 @@ class SnapshotCheckConfig(dg.Config):
     """Which material types may never show negative stock (a negative balance there warns)."""
 
     non_negative_material_types: list[str] = list(ex.DEFAULT_NON_NEGATIVE_MATERIAL_TYPES)
-
-
-def accuracy_goal_pct() -> float:
-    """The accuracy goal in %: INVSYNC_ACCURACY_GOAL when set, else ACCURACY_GOAL_PCT."""
-    raw = os.environ.get("INVSYNC_ACCURACY_GOAL", "").strip()
-    if not raw:
-        return ACCURACY_GOAL_PCT
-    try:
-        goal = float(raw)
-    except ValueError:
-        raise ValueError(f"INVSYNC_ACCURACY_GOAL={raw!r} is not a number; set a percentage such as 99.5") from None
-    if not 0 < goal <= 100:
-        raise ValueError(f"INVSYNC_ACCURACY_GOAL={raw!r} is not a percentage in (0, 100]; set e.g. 99.5")
-    return goal
 
 
 def _hour(context: dg.AssetCheckExecutionContext, conn, table: str) -> tuple[datetime | None, str]:
@@ -282,13 +266,16 @@ def mes_snapshot_valid(
 
 
 @dg.asset_check(asset=INVENTORY_VARIANCES, pool=DUCKDB_WRITER_POOL)
-def inventory_accuracy(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def inventory_accuracy(
+    context: dg.AssetCheckExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
     """The share of material-locations where ERP and MES agree in the hour meets the goal.
 
     Accuracy = material-locations without a variance / all material-locations of the hour, in %.
-    Below the goal (99.5 %, or INVSYNC_ACCURACY_GOAL) the check warns; it never stops a run,
-    since the variances themselves are what the next steps investigate and correct."""
-    goal = accuracy_goal_pct()
+    Below the goal (`checks.accuracy_goal_pct`, 99.5 %; or INVSYNC_ACCURACY_GOAL) the check
+    warns; it never stops a run, since the variances themselves are what the next steps
+    investigate and correct."""
+    goal = invsync.settings().checks.accuracy_goal_pct
     with warehouse.connect(read_only=True) as conn:
         hour, hour_source = _hour(context, conn, "recon.variances")
         if hour is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from datetime import UTC, datetime
 
 import requests
@@ -12,7 +11,6 @@ from invsync_pipeline.ops.store import ops_db
 from invsync_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
-WEBHOOK_ENV = "INVSYNC_ALERT_WEBHOOK_URL"
 
 
 def raise_alert(settings: Settings, alert_id: str, severity: str, kind: str, subject: str, message: str) -> bool:
@@ -22,7 +20,7 @@ def raise_alert(settings: Settings, alert_id: str, severity: str, kind: str, sub
     try:
         if db.execute("SELECT 1 FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone():
             return False
-        delivery = _send(severity, subject, message)
+        delivery = _send(settings.alert_webhook_url, severity, subject, message)
         db.execute(
             "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)",
             (alert_id, datetime.now(UTC).isoformat(), severity, kind, subject, message, delivery),
@@ -42,8 +40,7 @@ def alerts(settings: Settings) -> list[dict]:
         db.close()
 
 
-def _send(severity: str, subject: str, message: str) -> str:
-    url = os.environ.get(WEBHOOK_ENV)
+def _send(url: str | None, severity: str, subject: str, message: str) -> str:
     if not url:
         return "not configured"
     # `text` is what Slack and Teams incoming webhooks both read.

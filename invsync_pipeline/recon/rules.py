@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from invsync_pipeline.settings import PROJECT_ROOT
-
-DEFAULT_RULES_PATH = PROJECT_ROOT / "data" / "rules.yaml"
 REASONS = ("purchase_receipt", "production_receipt", "production_consumption", "shipment", "scrap", "return",
            "stock_transfer", "physical_inventory", "correction")  # fmt: skip
 CAUSES = ("in_flight", "pending_sync", "retrying", "quarantined", "dead_lettered", "late_delivery", "carried_over",
@@ -95,11 +91,12 @@ class Rules(_Strict):
         return t.default
 
 
-def load_rules(path: str | Path | None = None) -> Rules:
-    """Read and validate the rules file (INVSYNC_RULES or data/rules.yaml)."""
-    path = Path(path or os.environ.get("INVSYNC_RULES") or DEFAULT_RULES_PATH)
+def load_rules(path: str | Path) -> Rules:
+    """Read and validate the rules file (settings ``reconciliation.rules_path``: INVSYNC_RULES or
+    data/rules.yaml)."""
+    path = Path(path)
     if not path.exists():
-        raise RulesError(f"rules file {path} does not exist (set INVSYNC_RULES to the right path)")
+        raise RulesError(f"rules file {path} does not exist (set reconciliation.rules_path or INVSYNC_RULES to it)")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -86,11 +86,11 @@ def ledger_tap_sensor(context: dg.SensorEvaluationContext, invsync: InvsyncResou
         # next tick, and the segments already on disk still get their runs now.
         context.log.error(f"the drain stopped early: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
     cursor = parse_cursor(context.cursor)
-    ready, next_cursor, ignored = plan_runs(
-        cursor, StagedEventLog(settings.staged_dir), datetime.now(UTC), hourly_partitions.start.astimezone(UTC)
-    )
+    first_hour = max(hourly_partitions.start.astimezone(UTC), hour_bounds(settings.reconciliation.first_hour)[0])
+    ready, next_cursor, ignored = plan_runs(cursor, StagedEventLog(settings.staged_dir), datetime.now(UTC), first_hour)
     for key in ignored:
-        context.log.warning(f"events staged for {key}, before the first partition; not loaded")
+        context.log.warning(f"events staged for {key}, before the first hour {settings.reconciliation.first_hour}; "
+                            "not loaded")  # fmt: skip
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
