@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -35,6 +36,32 @@ RECON_ASSETS = [staged_inventory_events, transaction_ledger, erp_inventory_snaps
                 inventory_variances, variance_investigation]  # fmt: skip
 
 
+@dataclass
+class Plant:
+    """What the ``plant`` fixture gives: unpacks as ``erp, mes``; ``stop_worker``/``start_worker``
+    take the sync worker away and bring it back (a worker restart, or a consumer-less queue)."""
+
+    settings: object
+    erp: ErpDatabase
+    mes: MesClient
+    _running: list = field(default_factory=list)
+
+    def __iter__(self):
+        return iter((self.erp, self.mes))
+
+    def start_worker(self) -> None:
+        worker = SyncWorker(self.settings, self.mes)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        self._running.append((worker, thread))
+
+    def stop_worker(self) -> None:
+        while self._running:
+            worker, thread = self._running.pop()
+            worker.stop()
+            thread.join(15)
+
+
 @pytest.fixture(name="plant")
 def plant_fixture(settings, topology, connection, tmp_path, monkeypatch):
     """ERP tables, the reference MES publishing through its own outbox, and a running worker."""
@@ -48,13 +75,10 @@ def plant_fixture(settings, topology, connection, tmp_path, monkeypatch):
     mes = run_in_thread(tmp_path / "mes.sqlite", TOKEN, publish=publish)
     monkeypatch.setenv("INVSYNC_MES_URL", mes.url)
     monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
-    client = MesClient(mes.url, TOKEN)
-    worker = SyncWorker(settings, client)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    yield erp, client
-    worker.stop()
-    thread.join(15)
+    plant = Plant(settings, erp, MesClient(mes.url, TOKEN))
+    plant.start_worker()
+    yield plant
+    plant.stop_worker()
     mes.stop()
     erp.dispose()
 
