@@ -278,9 +278,10 @@ def mes() -> None:
 
 
 def _mes_client(ctx: click.Context):
-    from invsync_pipeline.sources.mes import MesClient
+    from invsync_pipeline.reference.mes_client import ReferenceMesClient
 
-    return MesClient.from_settings(_settings(ctx))
+    # The reference client: `mes faults` needs its admin API; `mes stock` is the same for any MES.
+    return ReferenceMesClient.from_settings(_settings(ctx))
 
 
 @mes.command("serve")
@@ -608,6 +609,47 @@ def dlq_discard(ctx, tx, reason, material, since, until, note, dry_run, by) -> N
     click.echo(f"{len(gone)} {'would be discarded' if dry_run else 'discarded'}")
 
 
+# --- onboarding a plant ----------------------------------------------------------------------------
+@main.command("onboard")
+@click.option("--at", "cutoff", required=True, callback=_instant,
+              help="The cut-off, a whole hour (RFC 3339, e.g. 2026-12-01T06:00:00Z): the first reconciled hour.")
+@click.option("--from-erp", is_flag=True, help="The opening balances are the ERP's stock as of the cut-off.")
+@click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False),
+              help="The opening balances from a CSV: material_number, material_type, unit, location, quantity.")
+@click.option("--dry-run", is_flag=True, help="Say what would be loaded; write nothing.")
+@click.option("--overwrite", is_flag=True, help="Also set keys the MES already holds with another balance.")
+@click.pass_context
+def onboard_plant(ctx: click.Context, cutoff, from_erp: bool, csv_path: str | None, dry_run: bool,
+                  overwrite: bool) -> None:  # fmt: skip
+    """Load a plant's material master and opening balances into the MES at a cut-off (idempotent)."""
+    from pathlib import Path
+
+    from invsync_pipeline.onboarding import OnboardingError, onboard
+    from invsync_pipeline.resources import ErpResource, MesResource
+
+    path = ctx.obj.get("config_path")
+    mes = MesResource(config_path=path).open("live")
+    erp = ErpResource(config_path=path).open() if from_erp else None
+    try:
+        result = onboard(mes, cutoff, erp=erp, csv_path=Path(csv_path) if csv_path else None, dry_run=dry_run,
+                         overwrite=overwrite)  # fmt: skip
+    except OnboardingError as exc:
+        click.echo(f"invsync: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        mes.close()
+        if erp is not None:
+            erp.dispose()
+    for (material, location, unit), held, wanted in result.disagreements[:20]:
+        click.echo(f"the MES already holds {held} {unit} of {material} at {location}; the opening balance is "
+                   f"{wanted} (left as it is; --overwrite sets it)", err=True)  # fmt: skip
+    if not dry_run:
+        click.echo(f"next: set reconciliation.first_hour: \"{cutoff:%Y-%m-%d-%H:00}\" in the config, so the first "
+                   "reconciled hour starts at the cut-off", err=True)  # fmt: skip
+    click.echo(json.dumps(result.as_dict()))
+    sys.exit(1 if result.load is not None and result.load.failed else 0)
+
+
 # --- rules and review ----------------------------------------------------------------------------
 @main.group()
 def rules() -> None:
@@ -711,13 +753,15 @@ def review_approve(ctx: click.Context, correction_id: str, by: str, note: str | 
     from datetime import UTC, datetime, timedelta
 
     from invsync_pipeline.recon.review import approve, show
+    from invsync_pipeline.resources import ErpResource, MesResource, open_systems
 
     settings = _settings(ctx)
-    with _warehouse(ctx) as conn:
+    path = ctx.obj.get("config_path")
+    with _warehouse(ctx) as conn, open_systems(ErpResource(config_path=path), MesResource(config_path=path)) as systems:
         when = datetime.now(UTC)
         if effective_at == "next-hour":
             when = show(conn, correction_id)["partition_hour"] + timedelta(hours=1)
-        row = approve(settings, conn, correction_id, by, note, when)
+        row = approve(settings, conn, systems, correction_id, by, note, when)
     click.echo(f"approved {correction_id}: {row['target_system']} {row['quantity']:+} {row['unit']} "
                f"at {row['location']} ({row['material_number']}), effective {when:%Y-%m-%d %H:%M} UTC")  # fmt: skip
 
@@ -849,12 +893,13 @@ def sync_worker(ctx: click.Context, queues: tuple[str, ...], seconds: float | No
     """Apply the plant queues to the MES in real time (SIGTERM finishes in-flight work, acks, exits)."""
     import logging
 
-    from invsync_pipeline.sources.mes import MesClient
+    from invsync_pipeline.resources import MesResource
     from invsync_pipeline.sync.worker import SyncWorker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(ctx)
-    worker = SyncWorker(settings, MesClient.from_settings(settings), queues=list(queues) or None)
+    mes = MesResource(config_path=ctx.obj.get("config_path"))
+    worker = SyncWorker(settings, mes.open("live"), shadow=mes.open("shadow"), queues=list(queues) or None)
     worker.install_signal_handlers()
     stats = worker.run(max_seconds=seconds)
     click.echo(json.dumps(stats.__dict__))

@@ -15,6 +15,14 @@ def _settings(ctx: click.Context):
     return load_settings(ctx.obj.get("config_path"))
 
 
+def _systems(ctx: click.Context) -> dict:
+    """The ERP and MES resources, on the same config file as the settings."""
+    from invsync_pipeline.resources import ErpResource, MesResource
+
+    path = ctx.obj.get("config_path")
+    return {"erp": ErpResource(config_path=path), "mes": MesResource(config_path=path)}
+
+
 def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -93,7 +101,7 @@ def go_live(ctx: click.Context, force: bool, note: str | None, pause_timeout: fl
         click.echo(f"invsync: not going live: {result.summary() if result else why}. "
                    "Pass --force to switch anyway.", err=True)  # fmt: skip
         sys.exit(1)
-    _switch(settings, "live", note or ("forced past the gate" if force and not (result and result.passed) else None),
+    _switch(ctx, "live", note or ("forced past the gate" if force and not (result and result.passed) else None),
             pause_timeout)  # fmt: skip
 
 
@@ -103,15 +111,15 @@ def go_live(ctx: click.Context, force: bool, note: str | None, pause_timeout: fl
 @click.pass_context
 def rollback(ctx: click.Context, note: str | None, pause_timeout: float) -> None:
     """Back to the batch sync: the event-driven path returns to the shadow MES, the batch sync runs at once."""
-    _switch(_settings(ctx), "shadow", note, pause_timeout)
+    _switch(ctx, "shadow", note, pause_timeout)
 
 
-def _switch(settings, to_mode: str, note: str | None, pause_timeout: float) -> None:
+def _switch(ctx: click.Context, to_mode: str, note: str | None, pause_timeout: float) -> None:
     from invsync_pipeline.cutover.state import SwitchRefused
     from invsync_pipeline.cutover.switch import switch_to
 
     try:
-        result = switch_to(settings, to_mode, note=note, pause_timeout=pause_timeout)
+        result = switch_to(_settings(ctx), to_mode, note=note, pause_timeout=pause_timeout, **_systems(ctx))
     except SwitchRefused as exc:
         click.echo(f"invsync: {exc}", err=True)
         sys.exit(2)
@@ -139,7 +147,13 @@ def batch_sync(ctx: click.Context, at: datetime | None) -> None:
     """Run the old batch sync once: ERP stock -> the live MES."""
     from invsync_pipeline.cutover.batch_sync import run_batch_sync
 
-    summary = run_batch_sync(_settings(ctx), at)
+    systems = _systems(ctx)
+    live, books = systems["mes"].open("live"), systems["erp"].open()
+    try:
+        summary = run_batch_sync(_settings(ctx), live, books, at)
+    finally:
+        live.close()
+        books.dispose()
     click.echo(json.dumps(summary, default=str))
     sys.exit(1 if summary.get("failed") else 0)
 
@@ -154,7 +168,7 @@ def seed(ctx: click.Context, mode: str, types: tuple[str, ...], at: datetime | N
     """Set an MES's stock to the ERP's: after fixing a problem found in shadow mode, or widening the scope."""
     from invsync_pipeline.cutover.switch import seed_from_erp
 
-    summary = seed_from_erp(_settings(ctx), mode, types or MATERIAL_TYPES, at)
+    summary = seed_from_erp(_settings(ctx), mode, types or MATERIAL_TYPES, at, **_systems(ctx))
     click.echo(json.dumps(summary, default=str))
     sys.exit(1 if summary.get("failed") else 0)
 

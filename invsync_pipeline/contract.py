@@ -196,7 +196,7 @@ class InventoryEvent(BaseModel):
         out: dict[str, Any] = {
             "schema_version": self.schema_version,
             "transaction_id": self.transaction_id,
-            "timestamp": self.timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": instant_text(self.timestamp),
             "source_system": self.source_system,
             "material_number": self.material_number,
             "material_type": self.material_type,
@@ -214,6 +214,14 @@ class InventoryEvent(BaseModel):
 
     def to_body(self) -> bytes:
         return json.dumps(self.to_message(), separators=(",", ":")).encode()
+
+
+def instant_text(moment: datetime) -> str:
+    """An aware datetime as the contract writes a timestamp: RFC 3339 in UTC, with Z (the one
+    place this conversion is written; everything that sends or shows an instant uses it)."""
+    if moment.tzinfo is None:
+        raise ValueError(f"{moment!r} has no time zone; an instant must be aware (e.g. datetime.now(UTC))")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def routing_key(warehouse: str, material_type: str, transaction_type: str) -> str:

@@ -9,7 +9,7 @@ from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.cutover.batch_sync import run_batch_sync
-from invsync_pipeline.resources import InvsyncResource
+from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource
 
 # With the exports: an hour staged again after it was reconciled (a late movement, one a correction
 # re-sent) reaches the analysts' Parquet files at once.
@@ -38,10 +38,18 @@ class BatchSyncConfig(dg.Config):
 
 
 @dg.op(tags={"kind": "batch_sync"})
-def copy_erp_stock_to_mes(context: dg.OpExecutionContext, config: BatchSyncConfig, invsync: InvsyncResource) -> None:
+def copy_erp_stock_to_mes(
+    context: dg.OpExecutionContext, config: BatchSyncConfig, invsync: InvsyncResource, erp: ErpResource,
+    mes: MesResource,
+) -> None:  # fmt: skip
     """Copy ERP stock to the live MES: what the old batch sync does, kept running during shadow mode."""
     at = datetime.fromisoformat(config.at.replace("Z", "+00:00")) if config.at else None
-    summary = run_batch_sync(invsync.settings(), at)
+    live, books = mes.open("live"), erp.open()
+    try:
+        summary = run_batch_sync(invsync.settings(), live, books, at)
+    finally:
+        live.close()
+        books.dispose()
     context.log.info("batch sync: %s", summary)
     context.log_event(dg.AssetObservation(asset_key="live_mes_stock", metadata={k: str(v) for k, v in summary.items()}))
     if summary.get("failed"):

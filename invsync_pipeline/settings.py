@@ -372,9 +372,20 @@ def _has_password(url: str) -> bool:
         return False
 
 
+def dagster_home() -> Path | None:
+    """DAGSTER_HOME, where the Dagster instance keeps runs (None: an ephemeral instance)."""
+    value = os.environ.get("DAGSTER_HOME")
+    return Path(value) if value else None
+
+
+def config_file(config_path: str | Path | None = None) -> Path:
+    """The config file ``load_settings`` reads: ``config_path``, else INVSYNC_CONFIG, else data/invsync.yaml."""
+    return Path(config_path or os.environ.get("INVSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
 def load_settings(config_path: str | Path | None = None, **overrides: object) -> Settings:
     """Read the YAML file, then apply the environment, then explicit overrides."""
-    path = Path(config_path or os.environ.get("INVSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
+    path = config_file(config_path)
     raw: dict = {}
     if path.exists():
         try:

@@ -24,10 +24,10 @@ from invsync_pipeline.assets.variances import inventory_variances, variance_inve
 from invsync_pipeline.contract import parse_event
 from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.messaging.outbox import Outbox
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_service import run_in_thread
-from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
 from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline_tests.factories import queue_depth
 
@@ -43,7 +43,7 @@ class Plant:
 
     settings: object
     erp: ErpDatabase
-    mes: MesClient
+    mes: ReferenceMesClient
     _running: list = field(default_factory=list)
 
     def __iter__(self):
@@ -75,7 +75,7 @@ def plant_fixture(settings, topology, connection, tmp_path, monkeypatch):
     mes = run_in_thread(tmp_path / "mes.sqlite", TOKEN, publish=publish)
     monkeypatch.setenv("INVSYNC_MES_URL", mes.url)
     monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
-    plant = Plant(settings, erp, MesClient(mes.url, TOKEN))
+    plant = Plant(settings, erp, ReferenceMesClient(mes.url, TOKEN))
     plant.start_worker()
     yield plant
     plant.stop_worker()
@@ -115,9 +115,13 @@ def settle(settings, connection, topology) -> None:
     drain_ledger_tap(settings)
 
 
+def resources() -> dict:
+    """The resources of a reconciliation run, each on the test's settings (the environment)."""
+    return {"invsync": InvsyncResource(), "warehouse": WarehouseResource(), "erp": ErpResource(), "mes": MesResource()}
+
+
 def reconcile(hour_key: str) -> None:
-    result = dg.materialize(RECON_ASSETS, partition_key=hour_key,
-                            resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()})  # fmt: skip
+    result = dg.materialize(RECON_ASSETS, partition_key=hour_key, resources=resources())
     assert result.success
 
 
@@ -125,7 +129,7 @@ def reconcile_with_corrections(hour_key: str) -> None:
     result = dg.materialize(
         [*RECON_ASSETS, auto_corrections, correction_audit_log, analyst_exports],
         partition_key=hour_key,
-        resources={"invsync": InvsyncResource(), "warehouse": WarehouseResource()},
+        resources=resources(),
         run_config={"ops": {"auto_corrections": {"config": {"effective_at": "next_hour_start"}}}},
     )
     assert result.success

@@ -234,16 +234,17 @@ def test_the_batch_sync_copies_erp_stock_once_and_only_outside_the_scope_once_li
     for event in plant.opening(period.start):
         erp.post(event)
     at = period.start + timedelta(hours=2)
-    first = run_batch_sync(settings, at)
+    live_mes = mes_client_for(settings, "live")
+    first = run_batch_sync(settings, live_mes, erp, at)
     assert first["mode"] == "shadow" and first["posted"] == first["compared"] == len(plant.stock)
-    assert run_batch_sync(settings, at)["posted"] == 0  # the same run again writes nothing twice
+    assert run_batch_sync(settings, live_mes, erp, at)["posted"] == 0  # the same run again writes nothing twice
     live = {(r.material_number, r.location): r.quantity for r in mes_client_for(settings, "live").stock()}
     assert live == {key: Decimal(q) for key, q in plant.stock.items()}
 
     with CutoverState(settings) as state:  # as if go-live had happened
         seq = state.begin("live", "test").seq
         state.complete(seq, 0)
-    later = run_batch_sync(settings, at + timedelta(hours=2))
+    later = run_batch_sync(settings, live_mes, erp, at + timedelta(hours=2))
     assert later["material_types"] == ["raw", "wip", "finished"]
     erp.dispose()
 

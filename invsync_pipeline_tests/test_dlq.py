@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from invsync_pipeline.cli import main
 from invsync_pipeline.messaging.dlq import DlqAudit, Filters, browse
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_service import run_in_thread
-from invsync_pipeline.sources.mes import MesClient
 from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline_tests.factories import event, publish_events, publish_raw, queue_depth
 from invsync_pipeline_tests.test_sync_worker import _wait
@@ -26,7 +26,7 @@ def parked(settings, topology, connection, tmp_path, monkeypatch):
     mes = run_in_thread(tmp_path / "mes.sqlite", TOKEN)
     monkeypatch.setenv("INVSYNC_MES_URL", mes.url)
     monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
-    client = MesClient(mes.url, TOKEN)
+    client = ReferenceMesClient(mes.url, TOKEN)
     client.set_faults(outage=True)
     good = [event(material_number="RAW-1", quantity="5"), event(material_number="FG-1", material_type="finished",
                                                                 reason="production_receipt", quantity="2")]  # fmt: skip

@@ -23,12 +23,12 @@ from invsync_pipeline.messaging.connection import connect
 from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.messaging.outbox import Outbox
 from invsync_pipeline.messaging.topology import apply_topology, build_topology
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_service import run_in_thread
 from invsync_pipeline.resources import InvsyncResource
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
 from invsync_pipeline.settings import load_settings
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
 from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline.warehouse import open_warehouse
 from invsync_pipeline_tests.factories import event, queue_depth
@@ -68,11 +68,11 @@ def _wait_for(condition, seconds: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def _applied_counts(mes: MesClient) -> Counter:
+def _applied_counts(mes: ReferenceMesClient) -> Counter:
     return Counter(row["transaction_id"] for row in mes.applied_transactions() if row["status"] == "applied")
 
 
-def _every_key_agrees(erp: ErpDatabase, mes: MesClient) -> dict:
+def _every_key_agrees(erp: ErpDatabase, mes: ReferenceMesClient) -> dict:
     """(material, location) -> (ERP, MES) for every key where the two differ now."""
     stock = erp.stock_as_of(None, include_zero=True)
     books = {(r.material, r.location): Decimal(str(r.quantity)) for r in stock.itertuples()}
@@ -137,7 +137,7 @@ def test_a_broker_outage_across_an_hour_boundary_buffers_the_erp_and_nothing_cou
     monkeypatch.setenv("INVSYNC_MES_URL", mes_service.url)
     monkeypatch.setenv("INVSYNC_MES_TOKEN", TOKEN)
     settings = load_settings()
-    mes = MesClient(mes_service.url, TOKEN)
+    mes = ReferenceMesClient(mes_service.url, TOKEN)
     worker = SyncWorker(settings, mes)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()

@@ -1,4 +1,4 @@
-"""The reference MES over real HTTP on an ephemeral port, driven through the pipeline's MesClient."""
+"""The reference MES over real HTTP on an ephemeral port, driven through the pipeline's ReferenceMesClient."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_service import RunningMes, run_in_thread
-from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesRejected, MesUnavailable
+from invsync_pipeline.sources.mes import MesAuthError, MesRejected, MesUnavailable
 from invsync_pipeline_tests.factories import event
 
 # A recent day: timestamps older than the contract's horizon (400 days) are refused, so a
@@ -73,7 +74,7 @@ def adjust(qty: str, location: str = A, **kw) -> InventoryEvent:
     return ev(transaction_type="adjustment", reason="correction", quantity=qty, location=location, **kw)
 
 
-def balances(client: MesClient, **kw) -> dict[tuple[str, str], Decimal]:
+def balances(client: ReferenceMesClient, **kw) -> dict[tuple[str, str], Decimal]:
     return {(row.location, row.material_number): row.quantity for row in client.stock(**kw)}
 
 
@@ -89,8 +90,8 @@ def mes(tmp_path, published) -> Iterator[RunningMes]:
 
 
 @pytest.fixture
-def client(mes) -> Iterator[MesClient]:
-    with MesClient(mes.url, TOKEN, timeout_seconds=5, read_retries=1, page_size=1000) as c:
+def client(mes) -> Iterator[ReferenceMesClient]:
+    with ReferenceMesClient(mes.url, TOKEN, timeout_seconds=5, read_retries=1, page_size=1000) as c:
         yield c
 
 
@@ -176,11 +177,11 @@ def test_an_invalid_event_is_rejected_naming_the_field(client):
 
 def test_a_missing_or_wrong_token_is_an_auth_error_that_says_what_to_set(mes):
     for token in (None, "wrong"):
-        with MesClient(mes.url, token) as c, pytest.raises(MesAuthError) as exc:
+        with ReferenceMesClient(mes.url, token) as c, pytest.raises(MesAuthError) as exc:
             c.post_transaction(receipt("1"))
         assert exc.value.status == 401 and "INVSYNC_MES_TOKEN" in str(exc.value)
         assert "wrong" not in str(exc.value) and TOKEN not in str(exc.value)
-    assert MesClient(mes.url, None).health() == {"status": "ok"}  # health and the OpenAPI need no token
+    assert ReferenceMesClient(mes.url, None).health() == {"status": "ok"}  # health and the OpenAPI need no token
     assert requests.get(f"{mes.url}/openapi.json", timeout=5).status_code == 200
 
 
@@ -217,7 +218,7 @@ def test_stock_as_of_equals_the_stock_at_that_time(client):
 
 
 def test_pagination_returns_every_row_exactly_once(mes):
-    with MesClient(mes.url, TOKEN, page_size=4) as c:
+    with ReferenceMesClient(mes.url, TOKEN, page_size=4) as c:
         for n in range(23):
             c.post_transaction(receipt("1", location=f"WH{n % 3}/L{n:02d}", material_number=f"M{n % 5}"))
         for kw in ({}, {"as_of": f"{DAY}T12:00:00Z"}):
@@ -288,7 +289,7 @@ def test_backflush_without_a_working_publisher_waits_in_the_unpublished_list(tmp
 
     for publish, error in ((None, None), (broken, "ConnectionError: broker down")):
         with run_in_thread(tmp_path / f"mes-{error is None}.sqlite", TOKEN, publish=publish) as mes:
-            c = MesClient(mes.url, TOKEN)
+            c = ReferenceMesClient(mes.url, TOKEN)
             result = c.backflush("MAT-9", "wip", A, "1", "EA", order="PO-2")
             assert not result.published
             [waiting] = c.unpublished()
@@ -333,7 +334,7 @@ def test_latency_is_added_and_a_timed_out_post_may_still_apply(client, mes):
     assert time.monotonic() - started >= 0.3
 
     late = receipt("2")
-    with MesClient(mes.url, TOKEN, timeout_seconds=0.1) as impatient, pytest.raises(MesUnavailable) as exc:
+    with ReferenceMesClient(mes.url, TOKEN, timeout_seconds=0.1) as impatient, pytest.raises(MesUnavailable) as exc:
         impatient.post_transaction(late)
     assert "timed out" in str(exc.value)
     client.set_faults(latency_ms=0)
@@ -388,13 +389,13 @@ def test_cli_shows_stock_and_sets_faults(mes, client, monkeypatch, tmp_path):
 
 
 def test_a_namespace_is_a_separate_dataset_with_the_same_api(mes, client):
-    shadow = MesClient(f"{mes.url}/ns/shadow", TOKEN)
+    shadow = ReferenceMesClient(f"{mes.url}/ns/shadow", TOKEN)
     event = receipt("7", transaction_id="NS-1", material_number="MAT-NS")
     assert shadow.post_transaction(event).status == "applied"
     assert client.find_transaction("NS-1") is None  # the live dataset never saw it
     assert [r.quantity for r in shadow.stock(material_number=event.material_number)] == [Decimal("7")]
     assert shadow.post_transaction(event).status == "duplicate"
-    bad = MesClient(f"{mes.url}/ns/Not_OK", TOKEN)
+    bad = ReferenceMesClient(f"{mes.url}/ns/Not_OK", TOKEN)
     with pytest.raises(MesRejected) as exc:
         list(bad.stock())
     assert exc.value.field == "namespace"

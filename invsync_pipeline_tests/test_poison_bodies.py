@@ -29,10 +29,10 @@ from invsync_pipeline.contract import PUBLISHED_MS_HEADER
 from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.messaging.retry import FAILED_QUEUE_HEADER, REASON_HEADER, RETRIES_HEADER
 from invsync_pipeline.messaging.staged_log import StagedEventLog
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_service import run_in_thread
 from invsync_pipeline.resources import InvsyncResource
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
-from invsync_pipeline.sources.mes import MesClient
 from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline_tests.factories import event, queue_depth
 
@@ -246,7 +246,7 @@ def mes(tmp_path, monkeypatch):
 
 @pytest.fixture
 def worker(settings, topology, mes):
-    running = SyncWorker(settings, MesClient(mes.url, TOKEN, timeout_seconds=5))
+    running = SyncWorker(settings, ReferenceMesClient(mes.url, TOKEN, timeout_seconds=5))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     yield running
@@ -257,7 +257,11 @@ def worker(settings, topology, mes):
 
 
 def _applied(mes) -> set[str]:
-    return {r["transaction_id"] for r in MesClient(mes.url, TOKEN).applied_transactions() if r["status"] == "applied"}
+    return {
+        r["transaction_id"]
+        for r in ReferenceMesClient(mes.url, TOKEN).applied_transactions()
+        if r["status"] == "applied"
+    }
 
 
 def test_the_worker_parks_each_poison_body_whole_and_applies_every_valid_one(

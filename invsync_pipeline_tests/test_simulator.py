@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from invsync_pipeline.cli import main
 from invsync_pipeline.messaging.drain import drain_ledger_tap
 from invsync_pipeline.reference.faults import FAULT_TYPES, FaultProfile, FaultProfileError
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_publisher import MesPublisher
 from invsync_pipeline.reference.mes_service import run_in_thread
 from invsync_pipeline.reference.simulator import (
@@ -23,7 +24,6 @@ from invsync_pipeline.reference.simulator import (
     run,
 )
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
 
 pytestmark = pytest.mark.broker
 
@@ -34,7 +34,7 @@ TOKEN = "sim-token"
 def plant(settings, topology, tmp_path):
     """ERP tables, the reference MES publishing through its own outbox, and a sync worker on a thread."""
     mes = run_in_thread(tmp_path / "mes.sqlite", TOKEN, publish=MesPublisher(settings))
-    client = MesClient(mes.url, TOKEN)
+    client = ReferenceMesClient(mes.url, TOKEN)
     erp = ErpDatabase.from_settings(settings)
     worker = BackgroundWorker(settings, client).start()
     yield erp, client, worker

@@ -14,10 +14,11 @@ from decimal import Decimal
 import pytest
 
 from invsync_pipeline.messaging.retry import REASON_HEADER, RETRIES_HEADER
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_service import run_in_thread
-from invsync_pipeline.sources.mes import MesClient
+from invsync_pipeline.sync.queues import in_window
 from invsync_pipeline.sync.sync_log import SyncLog
-from invsync_pipeline.sync.worker import SyncWorker, in_window
+from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline_tests.factories import event, publish_events, publish_raw, queue_depth
 
 pytestmark = pytest.mark.broker
@@ -35,8 +36,8 @@ def mes(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def client(mes) -> MesClient:
-    return MesClient(mes.url, TOKEN, timeout_seconds=5)
+def client(mes) -> ReferenceMesClient:
+    return ReferenceMesClient(mes.url, TOKEN, timeout_seconds=5)
 
 
 def _wait(predicate, timeout: float = 20.0, what: str = "condition") -> None:
@@ -77,11 +78,11 @@ def start_worker(settings, topology, client):
             running.stop()
 
 
-def _stock(client: MesClient) -> dict[tuple[str, str], Decimal]:
+def _stock(client: ReferenceMesClient) -> dict[tuple[str, str], Decimal]:
     return {(row.location, row.material_number): Decimal(str(row.quantity)) for row in client.stock()}
 
 
-def _applied_ids(client: MesClient) -> list[str]:
+def _applied_ids(client: ReferenceMesClient) -> list[str]:
     return [row["transaction_id"] for row in client.applied_transactions() if row["status"] == "applied"]
 
 

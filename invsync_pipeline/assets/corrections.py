@@ -12,8 +12,10 @@ from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
-from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
+from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.mes import MesError
+from invsync_pipeline.sources.systems import Systems
 
 
 class CorrectionConfig(dg.Config):
@@ -33,7 +35,12 @@ class CorrectionConfig(dg.Config):
     metadata={"dagster/table_name": "recon.corrections"},
 )
 def auto_corrections(
-    context: dg.AssetExecutionContext, config: CorrectionConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: CorrectionConfig,
+    invsync: InvsyncResource,
+    erp: ErpResource,
+    mes: MesResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Corrects the system that is wrong, by the source-of-truth rules in data/rules.yaml.
 
@@ -49,21 +56,24 @@ def auto_corrections(
     Held items whose variance resolved by itself are closed as `resolved` first. Timing
     differences (in flight, queued, retrying, late) are never corrected, and no movement is
     corrected twice."""
-    resolved = _close_resolved(context, invsync, warehouse)
-    result = each_hour(context, lambda key: _auto_corrections_hour(key, context, config, invsync, warehouse))
+    resolved = _close_resolved(context, erp, mes, warehouse)
+    with open_systems(erp, mes) as systems:
+        result = each_hour(
+            context, lambda key: _auto_corrections_hour(key, config, invsync.settings(), systems, warehouse)
+        )
     return dg.MaterializeResult(metadata={**(result.metadata or {}), "resolved_by_themselves": len(resolved)})
 
 
 def _close_resolved(
-    context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, erp: ErpResource, mes: MesResource, warehouse: WarehouseResource
 ) -> list[tuple[str, str]]:
     """Held items whose variance resolved by itself meanwhile (a late movement arrived) close
     first, once per run. Best effort: with a system out of reach they wait for the next run."""
     from invsync_pipeline.recon.review import close_resolved
 
     try:
-        with warehouse.connect() as conn:
-            resolved = close_resolved(invsync.settings(), conn, actor="auto:hourly")
+        with warehouse.connect() as conn, open_systems(erp, mes) as systems:
+            resolved = close_resolved(conn, systems, actor="auto:hourly")
     except (ConnectionError, OSError, MesError, SQLAlchemyError) as exc:
         context.log.warning(f"held corrections not checked again (a system is out of reach): {exc}")
         return []
@@ -73,16 +83,11 @@ def _close_resolved(
 
 
 def _auto_corrections_hour(
-    partition_key: str,
-    context: dg.AssetExecutionContext,
-    config: CorrectionConfig,
-    invsync: InvsyncResource,
-    warehouse: WarehouseResource,
+    partition_key: str, config: CorrectionConfig, settings: Settings, systems: Systems, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     from invsync_pipeline.recon.corrections import alert_held, apply_corrections, decide, effective_time, record
     from invsync_pipeline.recon.rules import load_rules
 
-    settings = invsync.settings()
     # A bad rules file stops here, before anything changes.
     rules = load_rules(config.rules_path or settings.reconciliation.rules_path)
     start, end = hour_bounds(partition_key)
@@ -92,7 +97,8 @@ def _auto_corrections_hour(
         # Published before they are recorded: a crash in between makes the next run decide and
         # publish them again under the same transaction ids, which everything downstream dedupes.
         to_apply = [c for c in decisions if c.status == "applied"]
-        published = {e.transaction_id: e for e in apply_corrections(settings, conn, [(c, effective) for c in to_apply])}
+        applying = [(c, effective) for c in to_apply]
+        published = {e.transaction_id: e for e in apply_corrections(settings, conn, systems, applying)}
         applied, held = len(to_apply), 0
         conn.execute("BEGIN TRANSACTION")
         for correction in decisions:

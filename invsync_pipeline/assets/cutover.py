@@ -15,12 +15,12 @@ import pandas as pd
 from invsync_pipeline.assets.hours import SINGLE_RUN
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.cutover.batch_sync import Key, erp_stock
+from invsync_pipeline.cutover.routing import mode_at
 from invsync_pipeline.cutover.scope import scope_label, scope_on
-from invsync_pipeline.cutover.switch import event_path_mes, mes_client_for
 from invsync_pipeline.partitions import daily_partitions
-from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
 from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.balances import Key, erp_stock, mes_balances
 from invsync_pipeline.warehouse import sql
 
 
@@ -37,14 +37,14 @@ def _stock_rows(day: date, system: str, rows: dict[Key, object], types: dict[str
     return [(day, system, m, loc, unit, types.get(m), float(q), taken_at, source) for (m, loc, unit), q in rows.items()]
 
 
-def read_day_end(settings: Settings, day: date) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+def read_day_end(
+    settings: Settings, day: date, erp_resource: ErpResource, mes: MesResource
+) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
     """(day_end_stock rows, day_movements rows, has_batch) read from the ERP and the MES(es)."""
-    from invsync_pipeline.sources.erp import ErpDatabase
-
     start = datetime.combine(day, datetime.min.time(), UTC)
     end = start + timedelta(days=1)
     taken_at = datetime.now(UTC)
-    erp = ErpDatabase.from_settings(settings)
+    erp = erp_resource.open()
     try:
         erp_now, types = erp_stock(erp, end)
         erp_moves = erp.movements(start, end)
@@ -53,10 +53,11 @@ def read_day_end(settings: Settings, day: date) -> tuple[pd.DataFrame, pd.DataFr
     stock = _stock_rows(day, "erp", erp_now, types, taken_at, f"erp:{settings.erp_url.split(':', 1)[0]}")
     moves = [(day, "erp", e.transaction_id, e.timestamp, e.material_number, loc, e.unit)
              for e in erp_moves for loc, _ in e.stock_effects()]  # fmt: skip
-    mode, event_client = event_path_mes(settings, min(end, taken_at))
+    mode = mode_at(settings, min(end, taken_at))
+    event_client = mes.open(mode)
     try:
-        held = {(r.material_number, r.location, r.unit): r.quantity for r in event_client.stock(as_of=end)}
-        stock += _stock_rows(day, "event_driven", held, types, taken_at, event_client.base_url)
+        held = mes_balances(event_client, end)
+        stock += _stock_rows(day, "event_driven", held, types, taken_at, _source(event_client))
         for row in event_client.applied_transactions(since=start):
             ts = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
             if row["status"] == "applied" and start <= ts < end:
@@ -66,14 +67,20 @@ def read_day_end(settings: Settings, day: date) -> tuple[pd.DataFrame, pd.DataFr
         event_client.close()
     has_batch = mode == "shadow"
     if has_batch:
-        with mes_client_for(settings, "live") as live:
-            batch = {(r.material_number, r.location, r.unit): r.quantity for r in live.stock(as_of=end)}
-            stock += _stock_rows(day, "batch", batch, types, taken_at, live.base_url)
+        live = mes.open("live")
+        try:
+            stock += _stock_rows(day, "batch", mes_balances(live, end), types, taken_at, _source(live))
+        finally:
+            live.close()
     stock_frame = pd.DataFrame(stock, columns=["day", "system", "material_number", "location", "unit", "material_type",
                                                "quantity", "taken_at", "source"])  # fmt: skip
     moves_frame = pd.DataFrame(moves, columns=["day", "system", "transaction_id", "event_time", "material_number",
                                                "location", "unit"])  # fmt: skip
     return stock_frame, moves_frame, has_batch
+
+
+def _source(mes) -> str:
+    return getattr(mes, "base_url", type(mes).__name__)
 
 
 def _insert(conn, table: str, frame: pd.DataFrame) -> None:
@@ -83,12 +90,14 @@ def _insert(conn, table: str, frame: pd.DataFrame) -> None:
         conn.unregister("incoming")
 
 
-def compare_day(conn, settings: Settings, day: date, refresh: bool) -> dict[str, object]:
+def compare_day(
+    conn, settings: Settings, day: date, refresh: bool, erp: ErpResource, mes: MesResource
+) -> dict[str, object]:
     """Compare one day inside an open transaction; returns the day's figures."""
     stored = conn.execute("SELECT count(*), count(*) FILTER (WHERE system = 'batch') FROM cutover.day_end_stock "
                           "WHERE day = ?", [day]).fetchone()  # fmt: skip
     if refresh or not stored[0]:
-        stock, moves, has_batch = read_day_end(settings, day)
+        stock, moves, has_batch = read_day_end(settings, day, erp, mes)
         for table in ("cutover.day_end_stock", "cutover.day_movements"):
             conn.execute(f"DELETE FROM {table} WHERE day = ?", [day])
         _insert(conn, "cutover.day_end_stock", stock)
@@ -131,7 +140,12 @@ def compare_day(conn, settings: Settings, day: date, refresh: bool) -> dict[str,
     metadata={"dagster/table_name": "cutover.comparison"},
 )
 def cutover_comparison(
-    context: dg.AssetExecutionContext, config: ComparisonConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: ComparisonConfig,
+    invsync: InvsyncResource,
+    erp: ErpResource,
+    mes: MesResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """The cutover's daily accuracy: per material-location at midnight UTC, the old batch sync's
     result (the live MES) vs the event-driven result (the shadow MES, or the live one after
@@ -148,7 +162,7 @@ def cutover_comparison(
     with warehouse.connect() as conn:
         for day in days:
             conn.execute("BEGIN TRANSACTION")
-            results.append(compare_day(conn, settings, day, config.refresh))
+            results.append(compare_day(conn, settings, day, config.refresh, erp, mes))
             conn.execute("COMMIT")
             context.log.info("cutover %s: %s", day, results[-1])
         causes = conn.execute(

@@ -5,6 +5,7 @@ Rows are stored the first time an hour is reconciled and reused after that, so a
 what was true then; run config ``refresh: true`` reads the systems again.
 """
 
+from contextlib import closing
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -13,10 +14,9 @@ import pandas as pd
 
 from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
 from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.cutover.switch import event_path_mes
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
-from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.resources import ErpResource, MesResource, WarehouseResource
 
 
 class SnapshotConfig(dg.Config):
@@ -48,7 +48,7 @@ def _replace(conn, table: str, hour_start: datetime, frame: pd.DataFrame) -> Non
     metadata={"dagster/table_name": "snapshots.erp_inventory"},
 )
 def erp_inventory_snapshot(
-    context: dg.AssetExecutionContext, config: SnapshotConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, config: SnapshotConfig, erp: ErpResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """ERP (SAP) stock per material x location at the start and end of the hour.
 
@@ -56,22 +56,16 @@ def erp_inventory_snapshot(
     document (MATDOC) entered after the instant, so any past hour is exact. Also stores the
     hour's material documents as movements (`snapshots.erp_movements`) and the material master
     (`snapshots.erp_materials`: type, base unit, unit cost, ABC class) for the investigation."""
-    return each_hour(context, lambda key: _erp_inventory_snapshot_hour(key, context, config, invsync, warehouse))
+    return each_hour(context, lambda key: _erp_inventory_snapshot_hour(key, config, erp, warehouse))
 
 
 def _erp_inventory_snapshot_hour(
-    partition_key: str,
-    context: dg.AssetExecutionContext,
-    config: SnapshotConfig,
-    invsync: InvsyncResource,
-    warehouse: WarehouseResource,
+    partition_key: str, config: SnapshotConfig, erp_resource: ErpResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    from invsync_pipeline.sources.erp import ErpDatabase
-
     start, end = hour_bounds(partition_key)
     if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.erp_inventory", start)):
         return reused
-    erp = ErpDatabase.from_settings(invsync.settings())
+    erp = erp_resource.open()
     try:
         taken_at = datetime.now(UTC)
         begin = erp.stock_as_of(start, include_zero=True)
@@ -170,7 +164,7 @@ def _erp_inventory_snapshot_hour(
     metadata={"dagster/table_name": "snapshots.mes_inventory"},
 )
 def mes_inventory_snapshot(
-    context: dg.AssetExecutionContext, config: SnapshotConfig, invsync: InvsyncResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, config: SnapshotConfig, mes: MesResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """MES stock per material x location at the start and end of the hour, and the MES's applied log.
 
@@ -178,24 +172,18 @@ def mes_inventory_snapshot(
     on first reconciliation and reused after that, so a backfill sees what the MES showed then.
     The applied log (`snapshots.mes_applied`) lets the investigation tell "the MES never got it"
     from "the MES got it twice"."""
-    return each_hour(context, lambda key: _mes_inventory_snapshot_hour(key, context, config, invsync, warehouse))
+    return each_hour(context, lambda key: _mes_inventory_snapshot_hour(key, config, mes, warehouse))
 
 
 def _mes_inventory_snapshot_hour(
-    partition_key: str,
-    context: dg.AssetExecutionContext,
-    config: SnapshotConfig,
-    invsync: InvsyncResource,
-    warehouse: WarehouseResource,
+    partition_key: str, config: SnapshotConfig, mes_resource: MesResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     start, end = hour_bounds(partition_key)
     if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.mes_inventory", start)):
         return reused
     taken_at = datetime.now(UTC)
-    settings = invsync.settings()
     # The MES the event-driven path wrote at the end of the hour: the shadow one during a cutover.
-    _, mes_client = event_path_mes(settings, min(end, taken_at))
-    with mes_client as mes:
+    with closing(mes_resource.event_path(min(end, taken_at))) as mes:
         begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}
         finish = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=end)}
         applied = [
@@ -272,6 +260,6 @@ def _mes_inventory_snapshot_hour(
             "applied_transactions": len(applied),
             "stock_end_total": float(snapshot["end_quantity"].sum()) if len(snapshot) else 0.0,
             "reused_stored_snapshot": False,
-            "mes": mes.base_url,
+            "mes": getattr(mes, "base_url", type(mes).__name__),
         }
     )

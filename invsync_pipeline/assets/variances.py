@@ -15,8 +15,10 @@ from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.cutover.scope import scope_on
 from invsync_pipeline.messaging.staged_log import hour_bounds
 from invsync_pipeline.partitions import hourly_partitions
-from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.mes import MesApi
+from invsync_pipeline.sources.systems import Systems
 from invsync_pipeline.warehouse import sql
 
 
@@ -130,18 +132,14 @@ def _backlog_frame(settings, start: datetime, observed: datetime, log) -> pd.Dat
     return pd.DataFrame(rows, columns=BACKLOG_COLUMNS)
 
 
-def _mes_applied_now(settings, start: datetime) -> pd.DataFrame:
+def _mes_applied_now(mes: MesApi, start: datetime) -> pd.DataFrame:
     """The MES applied log as it is now, for telling a sync gap from a lost event. Only ids
     applied after the hour's snapshot matter, but the log since the hour's start is small."""
-    from invsync_pipeline.cutover.switch import event_path_mes
-
-    _, mes_client = event_path_mes(settings)  # the MES the event-driven path writes now
-    with mes_client as mes:
-        rows = [
-            (row["transaction_id"], datetime.fromisoformat(row["applied_at"].replace("Z", "+00:00")))
-            for row in mes.applied_transactions(since=start)
-            if row["status"] == "applied"
-        ]
+    rows = [
+        (row["transaction_id"], datetime.fromisoformat(row["applied_at"].replace("Z", "+00:00")))
+        for row in mes.applied_transactions(since=start)
+        if row["status"] == "applied"
+    ]
     frame = pd.DataFrame(
         [(start, tx, at) for tx, at in rows], columns=["partition_hour", "transaction_id", "applied_at"]
     )
@@ -163,6 +161,8 @@ def variance_investigation(
     context: dg.AssetExecutionContext,
     config: InvestigationConfig,
     invsync: InvsyncResource,
+    erp: ErpResource,
+    mes: MesResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Why each variance of the hour exists, with the transaction_ids that explain it.
@@ -175,24 +175,30 @@ def variance_investigation(
     `carried_over`; (d) whatever is left is `unexplained`. Timing causes (`is_timing`) resolve
     by themselves and are never corrected. What the pipeline and the MES showed at the first
     investigation of an hour is kept, so re-running the hour gives the same findings."""
-    return each_hour(context, lambda key: _variance_investigation_hour(key, context, config, invsync, warehouse))
+
+    def one_hour(key: str) -> dg.MaterializeResult:
+        return _variance_investigation_hour(key, context, config, invsync.settings(), erp, mes, warehouse)
+
+    return each_hour(context, one_hour)
 
 
 def _variance_investigation_hour(
     partition_key: str,
     context: dg.AssetExecutionContext,
     config: InvestigationConfig,
-    invsync: InvsyncResource,
+    settings: Settings,
+    erp: ErpResource,
+    mes: MesResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     start, _ = hour_bounds(partition_key)
-    settings = invsync.settings()
     with warehouse.connect() as conn:
         observed = conn.execute(
             "SELECT observed_at FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
         ).fetchone()
     if observed is None or config.refresh:
-        _observe(start, context, settings, warehouse)
+        with open_systems(erp, mes) as systems:  # the MES the event-driven path writes now
+            _observe(start, context, settings, systems, warehouse)
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
         for table, query in (("recon.explained_movements", "recon/explained_movements"),
@@ -225,7 +231,9 @@ def _variance_investigation_hour(
     )
 
 
-def _observe(start: datetime, context: dg.AssetExecutionContext, settings: Settings, warehouse) -> None:
+def _observe(
+    start: datetime, context: dg.AssetExecutionContext, settings: Settings, systems: Systems, warehouse
+) -> None:
     """The first look at an hour: the pipeline and the MES as they are now, and whether the
     movements earlier hours found in flight have arrived since. Kept, so re-runs reuse it."""
     from invsync_pipeline.recon.in_flight import look_again
@@ -234,13 +242,13 @@ def _observe(start: datetime, context: dg.AssetExecutionContext, settings: Setti
     window = settings.reconciliation.in_flight_window_minutes
     # With the broker down, the outbox and the quarantine are still read (what is on disk).
     backlog = _backlog_frame(settings, start, observed_at, context.log)
-    applied_now = _mes_applied_now(settings, start)
+    applied_now = _mes_applied_now(systems.mes, start)
     with warehouse.connect() as conn:
         due = conn.execute(
             sql("recon/in_flight_due"),
             {"partition_hour": start, "observed_at": observed_at, "window_minutes": window},
         ).df()
-    checks = look_again(settings, start, due, set(backlog["transaction_id"].dropna()), observed_at)
+    checks = look_again(systems, start, due, set(backlog["transaction_id"].dropna()), observed_at)
     if len(due):
         context.log.info(f"looked again at {len(due)} movement(s) found in flight before: "
                          f"{checks['state'].value_counts().to_dict()}")  # fmt: skip

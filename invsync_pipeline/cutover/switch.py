@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from invsync_pipeline.contract import InventoryEvent, parse_event
-from invsync_pipeline.cutover.batch_sync import align, copy_id, erp_stock, instant_text, key_hash, run_batch_sync
+from invsync_pipeline.contract import InventoryEvent, instant_text, parse_event
+from invsync_pipeline.cutover.batch_sync import run_batch_sync
 from invsync_pipeline.cutover.scope import scope_on
 from invsync_pipeline.cutover.state import CutoverState, Switch, SwitchRefused
+from invsync_pipeline.resources import ErpResource, MesResource
 from invsync_pipeline.settings import Settings
-from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient, PostResult
+from invsync_pipeline.sources.balances import balance_id, erp_stock, key_hash, mes_balances, set_balances
+from invsync_pipeline.sources.mes import MesApi, MesClient, PostResult
 
 log = logging.getLogger("invsync.cutover")
 
@@ -46,37 +47,36 @@ class SwitchResult:
 
 
 def mes_client_for(settings: Settings, mode: str) -> MesClient:
-    """The MES the event-driven path writes in ``mode``: the shadow namespace, or the live MES."""
+    """A REST client of the MES the event-driven path writes in ``mode`` (the shadow namespace,
+    or the live MES), for the reference systems and tests; the pipeline opens ``MesResource``."""
     return MesClient.from_settings(settings, base_url=settings.shadow_mes_url if mode == "shadow" else None)
 
 
-def event_path_mes(settings: Settings, at: datetime | None = None) -> tuple[str, MesClient]:
-    """(mode, client of the MES the event-driven path wrote at ``at``; now when None)."""
-    with CutoverState(settings) as state:
-        mode = state.current().mode if at is None else state.mode_at(at)
-    return mode, mes_client_for(settings, mode)
-
-
 def switch_to(
-    settings: Settings, to_mode: str, *, note: str | None = None, pause_timeout: float = 60.0
+    settings: Settings,
+    to_mode: str,
+    *,
+    note: str | None = None,
+    pause_timeout: float = 60.0,
+    erp: ErpResource | None = None,
+    mes: MesResource | None = None,
 ) -> SwitchResult:
     """Switch the event-driven path to ``to_mode`` ("live" = go-live, "shadow" = rollback)."""
     by = getpass.getuser()
+    erp, mes = erp or ErpResource(), mes or MesResource()
     with CutoverState(settings) as state:
         switch = state.begin(to_mode, by, note)
         try:
             paused = state.wait_until_paused(switch.seq, pause_timeout)
             at = datetime.now(UTC)
-            source, dest = mes_client_for(settings, switch.from_mode), mes_client_for(settings, to_mode)
-            erp = ErpDatabase.from_settings(settings)
+            source, dest, books = mes.open(switch.from_mode), mes.open(to_mode), erp.open()
             try:
-                _, material_types = erp_stock(erp, at)
-                wanted = {(r.material_number, r.location, r.unit): r.quantity for r in source.stock()}
-                current = {(r.material_number, r.location, r.unit): r.quantity for r in dest.stock()}
-                seeded = align(dest, wanted, material_types, scope_on(settings, at.date()), at,
-                               f"CUTOVER{switch.seq}", f"CUTOVER-{switch.seq}", current=current)  # fmt: skip
+                _, material_types = erp_stock(books, at)
+                wanted, current = mes_balances(source), mes_balances(dest)
+                seeded = set_balances(dest, wanted, material_types, scope_on(settings, at.date()), at,
+                                      f"CUTOVER{switch.seq}", f"CUTOVER-{switch.seq}", current=current)  # fmt: skip
             finally:
-                erp.dispose()
+                books.dispose()
                 source.close()
                 dest.close()
             if seeded.failed:
@@ -90,12 +90,25 @@ def switch_to(
             raise
         done = state.complete(switch.seq, seeded.posted, copied_at=at)
     log.info("switch %d: event-driven path %s -> %s; %d keys copied", done.seq, done.from_mode, to_mode, seeded.posted)
-    batch = run_batch_sync(settings) if to_mode == "shadow" else None
+    batch = None
+    if to_mode == "shadow":
+        live, books = mes.open("live"), erp.open()
+        try:
+            batch = run_batch_sync(settings, live, books)
+        finally:
+            live.close()
+            books.dispose()
     return SwitchResult(done, paused, seeded.as_dict(), batch)
 
 
 def seed_from_erp(
-    settings: Settings, mode: str, material_types: tuple[str, ...], at: datetime | None = None
+    settings: Settings,
+    mode: str,
+    material_types: tuple[str, ...],
+    at: datetime | None = None,
+    *,
+    erp: ErpResource | None = None,
+    mes: MesResource | None = None,
 ) -> dict[str, object]:
     """Set the ``mode`` MES's stock of these types to the ERP's as of ``at`` (default now).
 
@@ -103,20 +116,23 @@ def seed_from_erp(
     widens to a type the shadow never carried: without it, the old difference stays in every
     comparison after. Ids derive from ``at`` and the key: running it again writes nothing twice."""
     at = at or datetime.now(UTC)
-    erp = ErpDatabase.from_settings(settings)
+    books = (erp or ErpResource()).open()
     try:
-        wanted, types = erp_stock(erp, at)
+        wanted, types = erp_stock(books, at)
     finally:
-        erp.dispose()
-    with mes_client_for(settings, mode) as dest:
-        result = align(dest, wanted, types, material_types, at, "SEED", "SEED-FROM-ERP")
+        books.dispose()
+    dest = (mes or MesResource()).open(mode)
+    try:
+        result = set_balances(dest, wanted, types, material_types, at, "SEED", "SEED-FROM-ERP")
+    finally:
+        dest.close()
     with CutoverState(settings) as state:  # a booking older than a seed is in it (restore_overwritten)
         state.record_seed(mode, at, tuple(material_types), getpass.getuser())
     return {"mode": mode, "at": at.isoformat(), "material_types": list(material_types)} | result.as_dict()
 
 
 def restore_overwritten(
-    switch: Switch, event: InventoryEvent, live: MesClient, shadow: MesClient, since: datetime | None
+    switch: Switch, event: InventoryEvent, live: MesApi, shadow: MesApi, since: datetime | None
 ) -> PostResult:
     """Put back, in the live MES, a booking of its own that go-live's copy overwrote.
 
@@ -145,7 +161,7 @@ def restore_overwritten(
     restored = 0
     for moved in booked.get("movements", []):
         key = (moved["material_number"], moved["location"], moved["unit"])
-        count = live.find_transaction(copy_id(f"CUTOVER{switch.seq}", switch.copied_at, key))
+        count = live.find_transaction(balance_id(f"CUTOVER{switch.seq}", switch.copied_at, key))
         effect = Decimal(moved["after"]) - Decimal(moved["before"])
         if count is None or count.get("transaction_type") != "cycle_count" or order(count) < order(booked):
             continue  # no count for the key, or it came first: the booking stands

@@ -218,7 +218,8 @@ def replay(settings: Settings, filters: Filters, actor: str, *, dry_run: bool = 
             if not dry_run:
                 audit.write("refused", actor, p, None, f"invalid: {violation}")
             return False
-        target = p.failed_queue if p.failed_queue in topo.work_queues else _work_queue_for(settings, event)
+        target = p.failed_queue if p.failed_queue in topo.work_queues else None
+        target = target or topo.work_queue_for(event.warehouse, event.material_type, event.transaction_type)
         if target is None:
             outcome.refused.append((p, f"no work queue takes routing key {event.routing_key}"))
             return False
@@ -265,16 +266,3 @@ def discard(settings: Settings, filters: Filters, actor: str, note: str, *, dry_
         return _walk(settings, filters, 100_000, act)
     finally:
         audit.close()
-
-
-def _work_queue_for(settings: Settings, event: Any) -> str | None:
-    wh = event.warehouse.lower()
-    for plant in settings.topology.plants:
-        if plant.warehouse.lower() != wh:
-            continue
-        for pq in plant.queues:
-            if ("*" in pq.material_types or event.material_type in pq.material_types) and (
-                event.transaction_type in pq.transaction_types
-            ):
-                return settings.name(f"plant.{wh}.{pq.name}")
-    return None

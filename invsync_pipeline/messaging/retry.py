@@ -7,12 +7,17 @@ queues. The reason travels in ``x-invsync-reason`` so the parking queue says why
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import pika
+import pika.exceptions
 
+from invsync_pipeline.messaging.amqp_headers import why_not_republishable
 from invsync_pipeline.messaging.topology import RETRY_TIER_HEADER, Topology
+
+log = logging.getLogger(__name__)
 
 RETRIES_HEADER = "x-invsync-retries"
 REASON_HEADER = "x-invsync-reason"
@@ -82,3 +87,44 @@ def publish_failure(
     )
     channel.basic_publish(route.exchange, route.routing_key, body, properties=props, mandatory=True)
     return route
+
+
+# Errors of the connection or of the channel: not the message's fault. They leave it unacked, and
+# the broker delivers it again once the consumer is back.
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.ChannelClosed,
+)
+
+
+def send_on(
+    channel: Any,
+    topology: Topology,
+    queue: str,
+    properties: pika.BasicProperties,
+    body: bytes,
+    reason: str,
+    *,
+    retryable: bool,
+) -> FailureRoute:
+    """``publish_failure``, and if the sender's headers cannot travel on (a type pika cannot encode
+    again, a table too big for a frame once the reason is added), the body goes on whole with our
+    headers only and the reason says so. Connection errors propagate: the message stays unacked."""
+    dropped = why_not_republishable(properties.headers)
+    if dropped is None:
+        try:
+            return publish_failure(channel, topology, queue, properties, body, reason, retryable=retryable)
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the sender's headers, not the message, failed to publish
+            dropped = f"{type(exc).__name__}: {exc}"[:300]
+    log.warning("message_id=%r from %s: sending it on without the sender's headers (%s)",
+                properties.message_id, queue, dropped)  # fmt: skip
+    minimal = pika.BasicProperties(
+        message_id=properties.message_id if isinstance(properties.message_id, str) else None,
+        headers={RETRIES_HEADER: retries_so_far(properties)},
+    )
+    return publish_failure(channel, topology, queue, minimal, body,
+                           f"{reason} (the sender's headers were dropped: {dropped})", retryable=retryable)  # fmt: skip

@@ -23,7 +23,7 @@ import pika
 import pika.exceptions
 
 from invsync_pipeline.messaging.connection import connect
-from invsync_pipeline.settings import Settings
+from invsync_pipeline.settings import NON_CRITICAL_TRANSACTION_TYPES, Settings
 
 # Not "x-" prefixed: a headers exchange ignores x- headers when matching with x-match=all, so
 # "x-invsync-retry-tier" would match every tier and copy a failed message into all of them.
@@ -65,6 +65,23 @@ class Topology:
     exchanges: tuple[Exchange, ...]
     queues: tuple[Queue, ...]
     bindings: tuple[Binding, ...]
+    # Work queues that carry only adjustments and cycle counts (consumed in low-activity windows).
+    noncritical_queues: tuple[str, ...] = ()
+    # (queue, warehouse lower case, material types or ("*",), transaction types) of each work queue.
+    routes: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = ()
+
+    @property
+    def critical_queues(self) -> tuple[str, ...]:
+        return tuple(q for q in self.work_queues if q not in self.noncritical_queues)
+
+    def work_queue_for(self, warehouse: str, material_type: str, transaction_type: str) -> str | None:
+        """The work queue an event with these routing tokens lands in (the first that binds it)."""
+        for queue, wh, material_types, transaction_types in self.routes:
+            if wh == warehouse.lower() and ("*" in material_types or material_type in material_types) and (
+                transaction_type in transaction_types
+            ):
+                return queue
+        return None
 
 
 def build_topology(settings: Settings) -> Topology:
@@ -97,11 +114,16 @@ def build_topology(settings: Settings) -> Topology:
     queues: list[Queue] = []
     bindings: list[Binding] = []
     work: list[str] = []
+    noncritical: list[str] = []
+    routes = []
     for plant in cfg.plants:
         wh = plant.warehouse.lower()
         for pq in plant.queues:
             name = n(f"plant.{wh}.{pq.name}")
             work.append(name)
+            routes.append((name, wh, tuple(pq.material_types), tuple(pq.transaction_types)))
+            if set(pq.transaction_types) <= set(NON_CRITICAL_TRANSACTION_TYPES):
+                noncritical.append(name)
             queues.append(Queue(name, queue_args(ttl_ms=cfg.message_ttl_ms, dead_letter_exchange=dlx), "work"))
             material_types = ("*",) if "*" in pq.material_types else pq.material_types
             for mt in material_types:
@@ -123,6 +145,7 @@ def build_topology(settings: Settings) -> Topology:
         exchange=exchange, requeue_exchange=requeue, retry_exchange=retry, dead_letter_exchange=dlx,
         ledger_tap=tap, parking=parking, work_queues=tuple(work), retry_queues=tuple(retry_names),
         exchanges=exchanges, queues=tuple(queues), bindings=tuple(bindings),
+        noncritical_queues=tuple(noncritical), routes=tuple(routes),
     )  # fmt: skip
 
 

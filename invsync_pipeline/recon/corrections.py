@@ -29,10 +29,11 @@ from decimal import Decimal
 
 import duckdb
 
-from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.contract import NO_HORIZON, InventoryEvent, parse_event
 from invsync_pipeline.recon.alerts import raise_alert
 from invsync_pipeline.recon.rules import Rules
 from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.systems import Systems
 from invsync_pipeline.warehouse import sql
 
 
@@ -190,25 +191,28 @@ def correction_event(c: Correction, effective_at: datetime) -> InventoryEvent:
 
 
 def apply_correction(
-    settings: Settings, conn: duckdb.DuckDBPyConnection, c: Correction, effective_at: datetime
+    settings: Settings, conn: duckdb.DuckDBPyConnection, systems: Systems, c: Correction, effective_at: datetime
 ) -> list[InventoryEvent]:
     """Carry out one correction (see ``apply_corrections``); the events it published."""
-    return apply_corrections(settings, conn, [(c, effective_at)])
+    return apply_corrections(settings, conn, systems, [(c, effective_at)])
 
 
 def apply_corrections(
-    settings: Settings, conn: duckdb.DuckDBPyConnection, corrections: list[tuple[Correction, datetime]]
+    settings: Settings,
+    conn: duckdb.DuckDBPyConnection,
+    systems: Systems,
+    corrections: list[tuple[Correction, datetime]],
 ) -> list[InventoryEvent]:
-    """Carry out an hour's corrections together: one ERP connection and one outbox flush, not
-    one per correction, which a backfill of weeks feels. A re-send publishes the movements
-    themselves (posting them in the ERP first when the ERP lacks them); an adjustment registers
-    the movements it compensates, then posts and publishes the RECON event. Raises before anything
-    is published when a re-sent movement cannot be found."""
+    """Carry out an hour's corrections together: one outbox flush, not one per correction, which
+    a backfill of weeks feels. A re-send publishes the movements themselves (posting them in the
+    ERP first when the ERP lacks them); an adjustment registers the movements it compensates,
+    then posts and publishes the RECON event. Raises before anything is published when a
+    re-sent movement cannot be found."""
     from invsync_pipeline.messaging.outbox import Outbox
     from invsync_pipeline.ops.compensations import register
 
     resend = [c for c, _ in corrections if c.method == "resend"]
-    found = originals(settings, conn, {tx for c in resend for tx in c.explained_by})
+    found = originals(conn, systems, {tx for c in resend for tx in c.explained_by})
     events: list[InventoryEvent] = []
     for_erp: list[InventoryEvent] = []
     for c, effective_at in corrections:
@@ -228,15 +232,8 @@ def apply_corrections(
         events += sent
         if c.target_system == "ERP":
             for_erp += sent
-    if for_erp:
-        from invsync_pipeline.sources.erp import ErpDatabase
-
-        erp = ErpDatabase.from_settings(settings)
-        try:
-            for event in for_erp:
-                erp.post(event)  # idempotent by transaction_id
-        finally:
-            erp.dispose()
+    for event in for_erp:
+        systems.erp.post(event)  # idempotent by transaction_id
     unique = list({e.transaction_id: e for e in events}.values())  # a transfer's two findings re-send it once
     if unique:
         with Outbox(settings) as box:
@@ -245,7 +242,7 @@ def apply_corrections(
 
 
 def originals(
-    settings: Settings, conn: duckdb.DuckDBPyConnection, transaction_ids: set[str]
+    conn: duckdb.DuckDBPyConnection, systems: Systems, transaction_ids: set[str]
 ) -> dict[str, InventoryEvent]:
     """The movements themselves, as whole contract events: from the ledger (as published), else
     the ERP's documents, else the MES's applied log."""
@@ -253,21 +250,11 @@ def originals(
         return {}
     found = {e.transaction_id: e for e in ledger_events(conn, transaction_ids)}
     if missing := transaction_ids - found.keys():
-        from invsync_pipeline.sources.erp import ErpDatabase
-
-        erp = ErpDatabase.from_settings(settings)
-        try:
-            found.update(erp.events(missing))
-        finally:
-            erp.dispose()
-    if missing := transaction_ids - found.keys():
-        from invsync_pipeline.cutover.switch import event_path_mes
-
-        _, mes_client = event_path_mes(settings)
-        with mes_client as mes:
-            for tx in sorted(missing):
-                if (item := mes.find_transaction(tx)) is not None:
-                    found[tx] = parse_event({k: v for k, v in item.items() if k in InventoryEvent.model_fields})
+        found.update(systems.erp.events(missing))
+    for tx in sorted(transaction_ids - found.keys()):
+        if (item := systems.mes.find_transaction(tx)) is not None:
+            fields = {k: v for k, v in item.items() if k in InventoryEvent.model_fields}
+            found[tx] = parse_event(fields, limits=NO_HORIZON)
     return found
 
 

@@ -15,14 +15,14 @@ from datetime import datetime
 import pandas as pd
 
 from invsync_pipeline.recon.systems_now import arrived_in
-from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.systems import Systems
 
 CHECK_COLUMNS = ["partition_hour", "transaction_id", "material_number", "location", "unit", "system", "quantity",
                  "event_time", "in_flight_since", "cause_if_missing", "state", "checked_at"]  # fmt: skip
 
 
 def look_again(
-    settings: Settings, hour: datetime, due: pd.DataFrame, in_pipeline: set[str], checked_at: datetime
+    systems: Systems, hour: datetime, due: pd.DataFrame, in_pipeline: set[str], checked_at: datetime
 ) -> pd.DataFrame:
     """``due`` (rows of sql/recon/in_flight_due.sql) with the state of each movement now:
     ``in_pipeline`` (still held by the outbox or a queue), ``arrived`` or ``missing``."""
@@ -33,7 +33,7 @@ def look_again(
     for row in due.itertuples(index=False):
         if row.transaction_id not in in_pipeline:
             lacking[row.system].add(row.transaction_id)
-    arrived = {(system, tx) for system, ids in lacking.items() for tx in arrived_in(settings, system, ids)}
+    arrived = {(system, tx) for system, ids in lacking.items() for tx in arrived_in(systems, system, ids)}
     for row in due.itertuples(index=False):
         if row.transaction_id in in_pipeline:
             states.append("in_pipeline")

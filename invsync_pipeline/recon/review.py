@@ -16,7 +16,9 @@ import duckdb
 import pandas as pd
 
 from invsync_pipeline.recon.corrections import MISSING_MOVEMENT_CAUSES, Correction, ReviewError, apply_correction, audit
+from invsync_pipeline.recon.systems_now import arrived_in, balances_now
 from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.systems import Systems
 
 HELD = "held_for_review"
 _AGREE = Decimal("0.000001")
@@ -77,20 +79,18 @@ class Recheck:
     reason: str
 
 
-def recheck(settings: Settings, row: dict) -> Recheck:
+def recheck(systems: Systems, row: dict) -> Recheck:
     """Resolved when every movement the correction names has since reached the system that
     lacked it, or when both systems now hold the same stock of the material-location."""
-    from invsync_pipeline.recon.systems_now import arrived_in, balances_now
-
     c = _correction(row, row["status"], row["decided_by"], row["note"])
     named = list(c.explained_by)
     arrived: set[str] = set()
     if named and c.cause in MISSING_MOVEMENT_CAUSES:
-        arrived = arrived_in(settings, c.lacking_system, named)
+        arrived = arrived_in(systems, c.lacking_system, named)
         if len(arrived) == len(named):
             return Recheck(True, f"every movement it names has reached the {c.lacking_system} since "
                                  f"({', '.join(named)})")  # fmt: skip
-    erp_now, mes_now = balances_now(settings, c.material_number, c.location, c.unit)
+    erp_now, mes_now = balances_now(systems, c.material_number, c.location, c.unit)
     if abs(erp_now - mes_now) <= _AGREE:
         return Recheck(True, f"the systems agree now: ERP and MES both hold {erp_now.normalize()} {c.unit}")
     still = f"; {len(arrived)} of {len(named)} named movements arrived" if named else ""
@@ -98,13 +98,19 @@ def recheck(settings: Settings, row: dict) -> Recheck:
 
 
 def approve(
-    settings: Settings, conn: duckdb.DuckDBPyConnection, cid: str, by: str, note: str | None, effective_at: datetime
+    settings: Settings,
+    conn: duckdb.DuckDBPyConnection,
+    systems: Systems,
+    cid: str,
+    by: str,
+    note: str | None,
+    effective_at: datetime,
 ) -> dict:
     """Apply a held correction as decided by a supervisor, and record who and when. Refused, and
     the item closed as `resolved`, when its variance has resolved itself meanwhile."""
     actor = _actor(by)
     row = _held_row(conn, cid)
-    check = recheck(settings, row)
+    check = recheck(systems, row)
     if check.resolved:
         _close(conn, cid, actor, f"approval refused: {check.reason}")
         raise ReviewError(f"approval of {cid} refused: {check.reason}. Nothing was posted; the item is closed "
@@ -113,7 +119,7 @@ def approve(
     if correction.method == "count":
         # The supervisor counted and stands by the rule's side: the difference is adjusted.
         correction = replace(correction, method="adjust")
-    events = apply_correction(settings, conn, correction, effective_at)  # raises before anything is recorded
+    events = apply_correction(settings, conn, systems, correction, effective_at)  # raises before anything is recorded
     if correction.method == "resend" and events:
         effective_at = min(e.timestamp for e in events)  # the movements take effect at their own time
     after = row["before_quantity"] + correction.quantity if row["before_quantity"] is not None else None
@@ -145,14 +151,14 @@ def reject(conn: duckdb.DuckDBPyConnection, cid: str, by: str, note: str | None)
     return show(conn, cid)
 
 
-def close_resolved(settings: Settings, conn: duckdb.DuckDBPyConnection, actor: str) -> list[tuple[str, str]]:
+def close_resolved(conn: duckdb.DuckDBPyConnection, systems: Systems, actor: str) -> list[tuple[str, str]]:
     """Close every held item whose variance has resolved itself; (correction_id, reason) of each."""
     closed = []
     for cid in conn.execute(
         "SELECT correction_id FROM recon.corrections WHERE status = ? ORDER BY partition_hour, correction_id", [HELD]
     ).fetchall():
         row = show(conn, cid[0])
-        check = recheck(settings, row)
+        check = recheck(systems, row)
         if check.resolved:
             _close(conn, cid[0], actor, check.reason)
             closed.append((cid[0], check.reason))

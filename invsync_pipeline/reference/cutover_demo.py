@@ -9,16 +9,13 @@ the batch sync copies the ERP to the live MES every two simulated hours. Then on
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import yaml
-
 from invsync_pipeline.messaging.topology import apply_topology, delete_topology
-from invsync_pipeline.settings import DEFAULT_CONFIG_PATH, load_settings
+from invsync_pipeline.settings import load_settings
 
 _CUTOVER_FILES = ("cutover.sqlite", "mes.shadow.sqlite", "invsync.yaml")
 
@@ -36,54 +33,39 @@ class CutoverDemoResult:
 
 def run_cutover_demo(*, days: int = 21, log=print) -> CutoverDemoResult:
     from invsync_pipeline.cutover.readiness import readiness, trend_svg
-    from invsync_pipeline.cutover.switch import mes_client_for
-    from invsync_pipeline.definitions import defs
-    from invsync_pipeline.reference.demo import dagster_instance, reset_home
+    from invsync_pipeline.definitions import build_defs
+    from invsync_pipeline.reference.demo import dagster_instance, demo_config, demo_resources, reset_home
+    from invsync_pipeline.reference.mes_client import ReferenceMesClient
     from invsync_pipeline.reference.mes_service import run_in_thread
     from invsync_pipeline.reference.shadow_period import ShadowPeriod, run_shadow_period
     from invsync_pipeline.reference.sim_run import BackgroundWorker
     from invsync_pipeline.warehouse import open_warehouse
 
-    os.environ.setdefault("INVSYNC_NAMESPACE", "demo.")
-    token = os.environ.get("INVSYNC_MES_TOKEN") or secrets.token_urlsafe(24)
-    os.environ["INVSYNC_MES_TOKEN"] = token
-    base = load_settings()
-    home = base.home / "cutover"
+    home = load_settings().home / "cutover"
     reset_home(home)
     for name in _CUTOVER_FILES:
         (home / name).unlink(missing_ok=True)
-
+    token = secrets.token_urlsafe(24)  # the demo MES's own
+    mes = run_in_thread(home / "mes.sqlite", token)
     period = ShadowPeriod(days=days, fix_day=min(7, days // 3), widen_day=min(14, 2 * days // 3) or None)
-    source = Path(os.environ.get("INVSYNC_CONFIG") or DEFAULT_CONFIG_PATH)
-    config = yaml.safe_load(source.read_text()) or {}
-    config["cutover"] = {
-        **(config.get("cutover") or {}),
-        "initial_mode": "shadow",
-        "pilot": [{"since": s.since.isoformat(), "material_types": list(s.material_types)} for s in period.pilot()],
-    }
-    config_path = home / "invsync.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.environ["INVSYNC_HOME"] = str(home)
-    os.environ["INVSYNC_CONFIG"] = str(config_path)
-    settings = load_settings()
+    pilot = [{"since": s.since.isoformat(), "material_types": list(s.material_types)} for s in period.pilot()]
+    config_path = demo_config(home, mes.url, cutover={"initial_mode": "shadow", "pilot": pilot})
+    settings = load_settings(config_path, home=str(home), mes={"base_url": mes.url})
     delete_topology(settings)
     apply_topology(settings)
-
-    mes = run_in_thread(home / "mes.sqlite", token)
-    os.environ["INVSYNC_MES_URL"] = mes.url
-    settings = load_settings()
+    resources = demo_resources(config_path, home, mes.url, token)
     log(f"home {home}; reference MES at {mes.url} (live, and shadow at {settings.shadow_mes_url})")
-    worker = BackgroundWorker(settings, mes_client_for(settings, "live")).start()
+    worker = BackgroundWorker(settings, ReferenceMesClient(mes.url, token)).start()
     try:
         log(f"simulating {days} days of shadow mode beside the batch sync (scrap unpublished until day "
             f"{period.fix_day}, raw joins the pilot on day {period.widen_day})")  # fmt: skip
-        outcome = run_shadow_period(period, settings, worker)
+        outcome = run_shadow_period(period, settings, worker, erp=resources["erp"], mes=resources["mes"])
         log(f"{outcome.events} movements, {outcome.lost_to_the_problem} lost to the early problem, "
             f"{outcome.batch_runs} batch syncs ({outcome.batch_postings} postings), {outcome.seeds} seeds")  # fmt: skip
         worker.stop()
         # The comparison reads the MES (both namespaces) as of each midnight; it stores what it read.
         keys = [(period.start + timedelta(days=d)).date().isoformat() for d in range(days)]
-        job = defs.resolve_job_def("cutover_daily")
+        job = build_defs(**resources).resolve_job_def("cutover_daily")
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
         run = job.execute_in_process(instance=dagster_instance(), tags=tags, run_config=quiet, raise_on_error=False)

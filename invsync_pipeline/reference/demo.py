@@ -9,7 +9,6 @@ investigation found with the ground truth.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import time
@@ -20,9 +19,10 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import yaml
 
 from invsync_pipeline.messaging.topology import apply_topology, delete_topology
-from invsync_pipeline.settings import Settings, load_settings
+from invsync_pipeline.settings import Settings, config_file, dagster_home, load_settings
 
 # Runtime files of a home that the demo starts afresh (the Dagster instance is kept).
 _RESET = ("staged", "reports", "exports", "warehouse.duckdb", "warehouse.duckdb.wal", "erp.sqlite", "mes.sqlite",
@@ -50,8 +50,8 @@ def reset_home(home: Path) -> None:
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    if os.environ.get("DAGSTER_HOME"):
-        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    if (home := dagster_home()) is not None:
+        home.mkdir(parents=True, exist_ok=True)
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
 
@@ -87,37 +87,70 @@ def score(truth: pd.DataFrame, findings: pd.DataFrame, corrections: pd.DataFrame
     }
 
 
+def demo_config(home: Path, mes_url: str | None = None, **sections: dict) -> Path:
+    """``<home>/invsync.yaml``: the config in use (INVSYNC_CONFIG or data/invsync.yaml) with the
+    demo's broker namespace (unless INVSYNC_NAMESPACE names another), the demo's MES, and
+    ``sections``. The demos steer the pipeline through this file, never through os.environ."""
+    source = config_file()
+    config = (yaml.safe_load(source.read_text()) or {}) if source.exists() else {}
+    config.setdefault("namespace", "demo.")
+    if mes_url:
+        config["mes"] = {**(config.get("mes") or {}), "base_url": mes_url}
+    for name, values in sections.items():
+        config[name] = {**(config.get(name) or {}), **values}
+    path = home / "invsync.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def demo_resources(config_path: Path, home: Path, mes_url: str, token: str) -> dict[str, dg.ConfigurableResource]:
+    """The resources of a demo's runs: its config file and home, its ERP tables and its MES (the
+    token is the demo MES's own, handed in, not read from the environment)."""
+    from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
+
+    path = str(config_path)
+    return {
+        "invsync": InvsyncResource(config_path=path, home=str(home)),
+        "warehouse": WarehouseResource(path=str(home / "warehouse.duckdb")),
+        "erp": ErpResource(config_path=path, url=f"sqlite:///{home / 'erp.sqlite'}"),
+        "mes": MesResource(config_path=path, base_url=mes_url, token=token),
+    }
+
+
 def run_demo(
     *, hours: int = 3, seed: int = 7, plant_size: str = "small", faults: str = "default", log=print
 ) -> DemoResult:
-    from invsync_pipeline.definitions import defs
+    from invsync_pipeline.definitions import build_defs
     from invsync_pipeline.messaging.staged_log import hour_bounds
     from invsync_pipeline.reference.ground_truth import ground_truth
+    from invsync_pipeline.reference.mes_client import ReferenceMesClient
     from invsync_pipeline.reference.mes_publisher import MesPublisher
     from invsync_pipeline.reference.mes_service import run_in_thread
     from invsync_pipeline.reference.sim_plan import generate
     from invsync_pipeline.reference.sim_run import BackgroundWorker, run
     from invsync_pipeline.reference.simulator import default_start
-    from invsync_pipeline.resources import InvsyncResource
     from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
     from invsync_pipeline.sources.erp import ErpDatabase
-    from invsync_pipeline.sources.mes import MesClient
     from invsync_pipeline.warehouse import open_warehouse
 
-    os.environ.setdefault("INVSYNC_NAMESPACE", "demo.")
-    token = os.environ.get("INVSYNC_MES_TOKEN") or secrets.token_urlsafe(24)
-    os.environ["INVSYNC_MES_TOKEN"] = token
-    settings: Settings = load_settings()
-    reset_home(settings.home)
+    home = load_settings().home
+    reset_home(home)
+    token = secrets.token_urlsafe(24)  # the demo MES's own
+    # The demo's MES publishes its backflushes on the demo's namespace: its config comes first.
+    config_path = demo_config(home)
+    settings: Settings = load_settings(config_path, home=str(home))
     delete_topology(settings)  # the demo's own namespace: start from empty queues
     apply_topology(settings)
-    log(f"home {settings.home}, broker namespace {settings.namespace!r}")
+    log(f"home {home}, broker namespace {settings.namespace!r}")
 
-    mes = run_in_thread(settings.home / "mes.sqlite", token, publish=MesPublisher(settings))
-    os.environ["INVSYNC_MES_URL"] = mes.url
-    settings = load_settings()
-    client = MesClient.from_settings(settings)
-    erp = ErpDatabase.from_settings(settings)
+    mes = run_in_thread(home / "mes.sqlite", token, publish=MesPublisher(settings))
+    config_path = demo_config(home, mes_url=mes.url)
+    settings = load_settings(config_path, home=str(home), mes={"base_url": mes.url})
+    resources = demo_resources(config_path, home, mes.url, token)
+    defs = build_defs(**resources)
+    client = ReferenceMesClient(mes.url, token)
+    erp = ErpDatabase(f"sqlite:///{home / 'erp.sqlite'}", settings.erp.tables)
     erp.create_schema()
     worker = BackgroundWorker(settings, client).start()
     instance = dagster_instance()
@@ -131,14 +164,13 @@ def run_demo(
 
         stage_job = defs.resolve_job_def("stage_and_ledger")
         recon_job = defs.resolve_job_def("hourly_reconciliation")
-        resources = {"invsync": InvsyncResource()}
         # The runs' step-by-step log stays in the Dagster instance (dagster dev shows it), not here.
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         cursor = None
 
         def tick() -> None:
             nonlocal cursor
-            ctx = dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources)
+            ctx = dg.build_sensor_context(cursor=cursor, instance=instance, resources={"invsync": resources["invsync"]})
             tick_result = ledger_tap_sensor(ctx)
             cursor = tick_result.cursor
             for request in tick_result.run_requests:

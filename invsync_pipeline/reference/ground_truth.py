@@ -20,10 +20,10 @@ from typing import Any
 
 import pandas as pd
 
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.sim_model import Simulation
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS simulation_runs (
@@ -190,7 +190,7 @@ def _plain(q: Decimal) -> Decimal:
 
 
 def compare_stock(
-    erp: ErpDatabase, mes_client: MesClient, as_of: datetime | None = None, faults: pd.DataFrame | None = None
+    erp: ErpDatabase, mes_client: ReferenceMesClient, as_of: datetime | None = None, faults: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """ERP and MES stock side by side per material x location x unit, as of ``as_of`` (None: now).
 

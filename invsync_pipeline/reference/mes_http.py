@@ -76,7 +76,7 @@ class FaultInjector:
             return self.faults.lost_answer_rate > 0 and self._rng.random() < self.faults.lost_answer_rate
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if type(value).__name__ == "_Missing":  # the contract's marker for an absent field
         return None
     try:
@@ -96,7 +96,7 @@ def error_response(
 ) -> JSONResponse:
     body: dict[str, Any] = {"error": error}
     if field is not None:
-        body.update(field=field, value=_jsonable(value), rule=rule)
+        body.update(field=field, value=jsonable(value), rule=rule)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -235,6 +235,33 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("TransactionPage"), "One page."), **_BAD_QUERY, **_ERRORS, **_FAULTED},
             },
         },
+        "/api/v1/inventory/transactions/batch": {
+            "post": {
+                "summary": "Apply many inventory events, one per line, in one database transaction",
+                "description": (
+                    "The body is newline-delimited JSON: one contract-v1 event per line, each read exactly as a "
+                    "single post is. At most 5,000 lines. The answer has one result per line, in order: "
+                    "http_status, what a single post would have answered (201 applied, 200 duplicate or not for "
+                    "the MES, 409 a transaction_id used for another event, 422 the line breaks the contract), "
+                    "with that post's body."
+                ),
+                "security": auth,
+                "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["results"],
+                            "properties": {"results": {"type": "array", "items": {"type": "object"}}},
+                        },
+                        "A result per line, in order.",
+                    ),  # fmt: skip
+                    "422": _json(_ref("Error"), "More lines than a batch may hold."),
+                    **_ERRORS,
+                    **_FAULTED,
+                },
+            },
+        },
         "/api/v1/inventory/stock": {
             "get": {
                 "summary": "Stock balances, current or as of an instant",

@@ -17,7 +17,6 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,19 +33,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from invsync_pipeline.contract import ContractViolation, InventoryEvent, parse_event
-from invsync_pipeline.reference.mes_http import BearerAuth, FaultInjector, error_response
+from invsync_pipeline.contract import ContractViolation, InventoryEvent, parse_event, try_parse_event
+from invsync_pipeline.reference.mes_http import BearerAuth, FaultInjector, error_response, jsonable
 from invsync_pipeline.reference.mes_openapi import openapi_document
-from invsync_pipeline.reference.mes_store import BadRequest, MesStore, Recorded, TransactionConflict, parse_instant
+from invsync_pipeline.reference.mes_production import production_routes
+from invsync_pipeline.reference.mes_store import BadRequest, MesStore, TransactionConflict, parse_instant
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[InventoryEvent], None]
 
 MAX_PAGE_SIZE = 10_000
+MAX_BATCH = 5_000
 _NAMESPACE = re.compile(r"[a-z0-9_-]{1,32}")
-_BACKFLUSH_FIELDS = {"material_number", "material_type", "location", "quantity", "unit", "order"}
-_BACKFLUSH_OPTIONAL = {"transaction_id", "timestamp"}
 
 
 def _query(request: Request, allowed: set[str]) -> dict[str, str]:
@@ -63,18 +62,6 @@ def _page_size(params: dict[str, str]) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
         raise BadRequest("page_size", raw, f"must be an integer from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
-
-
-def _recorded_body(recorded: Recorded) -> dict[str, Any]:
-    body = {
-        "mes_transaction_id": recorded.mes_transaction_id,
-        "status": recorded.status,
-        "transaction_id": recorded.transaction_id,
-        "applied_at": recorded.applied_at,
-    }
-    if recorded.status == "duplicate":
-        body["original_status"] = recorded.original_status
-    return body
 
 
 def create_app(db_path: str | Path, token: str, publish: Publish | None = None, seed: int = 0) -> Starlette:
@@ -99,8 +86,6 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
             return stores[name]
 
     faults = FaultInjector(seed)
-    # Publishers such as a pika channel are not thread-safe; requests run in a threadpool.
-    publish_lock = threading.Lock()
 
     def faulted(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
         async def wrapper(request: Request) -> Response:
@@ -127,7 +112,30 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
         except ContractViolation as exc:
             return error_response(422, str(exc), exc.field, exc.value, exc.rule)
         recorded = await run_in_threadpool(store_for(request).record, event)
-        return JSONResponse(_recorded_body(recorded), status_code=201 if recorded.status == "applied" else 200)
+        return JSONResponse(recorded.body(), status_code=201 if recorded.status == "applied" else 200)
+
+    async def post_batch(request: Request) -> Response:
+        # One event per line (NDJSON), each read by the contract on its own, as a single post is;
+        # the valid ones are recorded in one database transaction. A result per line, in order.
+        lines = [line for line in (await request.body()).split(b"\n") if line.strip()]
+        if len(lines) > MAX_BATCH:
+            return error_response(422, f"a batch holds at most {MAX_BATCH} events", "body", len(lines),
+                                  f"send at most {MAX_BATCH} lines")  # fmt: skip
+        parsed: list[InventoryEvent | ContractViolation] = [try_parse_event(line) for line in lines]
+        valid = [item for item in parsed if isinstance(item, InventoryEvent)]
+        recorded = iter(await run_in_threadpool(store_for(request).record_many, valid) if valid else [])
+        results = []
+        for item in parsed:
+            outcome = item if isinstance(item, ContractViolation) else next(recorded)
+            if isinstance(outcome, BadRequest | ContractViolation):
+                results.append({
+                    "http_status": 409 if isinstance(outcome, TransactionConflict) else 422,
+                    "transaction_id": getattr(item, "transaction_id", None), "error": str(outcome),
+                    "field": outcome.field, "value": jsonable(outcome.value), "rule": outcome.rule,
+                })  # fmt: skip
+            else:
+                results.append({"http_status": 201 if outcome.status == "applied" else 200, **outcome.body()})
+        return JSONResponse({"results": results})
 
     async def get_stock(request: Request) -> Response:
         params = _query(request, {"location", "warehouse", "material_number", "as_of", "page_size", "page_token"})
@@ -155,90 +163,6 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
             page_token=params.get("page_token"),
         )
         return JSONResponse({"items": items, "next_page_token": next_token})
-
-    def publish_recorded(event: InventoryEvent) -> bool:
-        if publish is None:
-            return False
-        try:
-            with publish_lock:
-                publish(event)
-        except Exception as exc:  # the event stays in the unpublished table; nothing is lost
-            log.warning("publishing backflush %s failed: %s", event.transaction_id, exc)
-            store.mark_publish_failed(event.transaction_id, f"{type(exc).__name__}: {exc}")
-            return False
-        store.mark_published(event.transaction_id)
-        return True
-
-    async def backflush(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested ~1,000 deep
-            return error_response(422, f"body must be JSON: {exc!r}"[:300], "body", None, "must be a JSON object")
-        if not isinstance(body, dict):
-            return error_response(422, "body must be a JSON object", "body", body, "must be a JSON object")
-        if extra := sorted(body.keys() - _BACKFLUSH_FIELDS - _BACKFLUSH_OPTIONAL):
-            return error_response(
-                422,
-                f"{extra[0]} is not a backflush field",
-                extra[0],
-                body[extra[0]],
-                f"use {sorted(_BACKFLUSH_FIELDS | _BACKFLUSH_OPTIONAL)}",
-            )
-        if missing := sorted(_BACKFLUSH_FIELDS - body.keys()):
-            return error_response(422, f"{missing[0]} is required", missing[0], None, "is required")
-        given_timestamp = "timestamp" in body
-        message = {
-            "schema_version": "1",
-            "transaction_id": body.get("transaction_id") or f"MES-BF-{uuid.uuid4()}",
-            "timestamp": body.get("timestamp") or datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "source_system": "MES",
-            "material_number": body["material_number"],
-            "material_type": body["material_type"],
-            "quantity": body["quantity"],
-            "unit": body["unit"],
-            "location": body["location"],
-            "transaction_type": "issue",
-            "reason": "production_consumption",
-            "erp_reference": body["order"],
-            "movement_type": "261",
-        }
-        try:
-            event = parse_event(message)
-        except ContractViolation as exc:
-            field = "order" if exc.field == "erp_reference" else exc.field
-            return error_response(422, f"{field}: {exc.rule}", field, exc.value, exc.rule)
-        # Recorded as unpublished in the same SQLite transaction as the apply: if the publisher
-        # or the process fails next, the event still waits in the table (an outbox).
-        recorded = await run_in_threadpool(
-            store.record, event, unpublished=True, ignore_timestamp_on_repeat=not given_timestamp
-        )
-        if recorded.status == "duplicate":
-            published = not await run_in_threadpool(store.is_unpublished, event.transaction_id)
-        else:
-            published = await run_in_threadpool(publish_recorded, recorded.event)
-        return JSONResponse(
-            {"event": recorded.event.to_message(), **_recorded_body(recorded), "published": published},
-            status_code=201 if recorded.status == "applied" else 200,
-        )
-
-    async def list_unpublished(request: Request) -> Response:
-        return JSONResponse({"items": await run_in_threadpool(store.unpublished)})
-
-    async def retry_unpublished(request: Request) -> Response:
-        if publish is None:
-            return error_response(
-                409,
-                "this MES was started without a publisher; nothing can be published",
-                "publish",
-                None,
-                "start the MES with a publish callable (create_app(publish=...))",
-            )
-        pending = await run_in_threadpool(store.unpublished)
-        # A backflush publishing at this moment may go out twice; consumers dedupe by transaction_id.
-        published = 0
-        for item in pending:
-            published += await run_in_threadpool(publish_recorded, parse_event(item["event"]))
-        return JSONResponse({"published": published, "still_unpublished": len(pending) - published})
 
     async def faults_endpoint(request: Request) -> Response:
         if request.method == "PUT":
@@ -291,15 +215,14 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
 
     inventory = [
         ("/api/v1/inventory/transactions", faulted(post_transaction), ["POST"]),
+        ("/api/v1/inventory/transactions/batch", faulted(post_batch), ["POST"]),
         ("/api/v1/inventory/transactions", faulted(get_transactions), ["GET"]),
         ("/api/v1/inventory/stock", faulted(get_stock), ["GET"]),
     ]
     routes = [
         *(Route(path, endpoint, methods=methods) for path, endpoint, methods in inventory),
         *(Route("/ns/{namespace}" + path, endpoint, methods=methods) for path, endpoint, methods in inventory),
-        Route("/api/v1/production/backflush", backflush, methods=["POST"]),
-        Route("/api/v1/production/unpublished", list_unpublished, methods=["GET"]),
-        Route("/api/v1/production/unpublished/retry", retry_unpublished, methods=["POST"]),
+        *production_routes(store, publish),
         Route("/api/v1/admin/faults", faults_endpoint, methods=["GET", "PUT"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

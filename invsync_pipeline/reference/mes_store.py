@@ -89,6 +89,14 @@ class Recorded:
     original_status: str
     event: InventoryEvent
 
+    def body(self) -> dict[str, Any]:
+        """The JSON answer to the post."""
+        body = {"mes_transaction_id": self.mes_transaction_id, "status": self.status,
+                "transaction_id": self.transaction_id, "applied_at": self.applied_at}  # fmt: skip
+        if self.status == "duplicate":
+            body["original_status"] = self.original_status
+        return body
+
 
 def utc_text(moment: datetime) -> str:
     """A fixed-width UTC text form, so SQLite text comparison is time order."""
@@ -168,56 +176,66 @@ class MesStore:
 
         ``ignore_timestamp_on_repeat`` is for events whose timestamp the MES stamped itself (a
         backflush sent again without one), so the retry is a duplicate, not a conflict."""
+        (outcome,) = self.record_many(
+            [event], unpublished=unpublished, ignore_timestamp_on_repeat=ignore_timestamp_on_repeat
+        )
+        if isinstance(outcome, TransactionConflict):
+            raise outcome
+        return outcome
+
+    def record_many(
+        self, events: list[InventoryEvent], *, unpublished: bool = False, ignore_timestamp_on_repeat: bool = False
+    ) -> list[Recorded | TransactionConflict]:
+        """``record`` for each event, in one database transaction: per event its Recorded, or the
+        conflict that refused it (a transaction_id already recorded for a different movement)."""
         conn = self._conn()
-        # IMMEDIATE takes the write lock before the duplicate check, so two concurrent posts of
-        # one transaction_id cannot both pass it: the second waits and then sees the first.
+        # IMMEDIATE takes the write lock before the duplicate checks, so two concurrent posts of
+        # one transaction_id cannot both pass them: the second waits and then sees the first.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute(
-                "SELECT mes_transaction_id, status, applied_at, event FROM transactions WHERE transaction_id = ?",
-                (event.transaction_id,),
-            ).fetchone()
-            if row is not None:
-                conn.execute("ROLLBACK")
-                original = parse_event(row[3], limits=NO_HORIZON)  # recorded: its age is history
-                compared = (
-                    event.model_copy(update={"timestamp": original.timestamp}) if ignore_timestamp_on_repeat else event
-                )
-                if original != compared:
-                    raise TransactionConflict(
-                        "transaction_id",
-                        event.transaction_id,
-                        f"was already recorded as {row[0]} for a different event; "
-                        "a transaction_id must identify exactly one movement",
-                    )
-                return Recorded(row[0], "duplicate", event.transaction_id, row[2], row[1], original)
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM transactions").fetchone()[0]
-            mes_id = f"MES-{seq:010d}"
-            applied_at = utc_text(datetime.now(UTC))
-            # A correction aimed at the ERP is recorded so the log shows it arrived, not applied.
-            applies = not (event.source_system == "RECON" and event.target_system == "ERP")
-            status = "applied" if applies else "not_applicable"
-            conn.execute(
-                "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    seq,
-                    event.transaction_id,
-                    mes_id,
-                    status,
-                    applied_at,
-                    utc_text(event.timestamp),
-                    json.dumps(event.to_message()),
-                ),
-            )
-            if applies:
-                self._apply(conn, seq, event)
-            if unpublished:
-                conn.execute("INSERT INTO unpublished VALUES (?, ?, NULL)", (event.transaction_id, applied_at))
+            outcomes = [self._record_one(conn, e, unpublished, ignore_timestamp_on_repeat) for e in events]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return outcomes
+
+    def _record_one(
+        self, conn: sqlite3.Connection, event: InventoryEvent, unpublished: bool, ignore_timestamp_on_repeat: bool
+    ) -> Recorded | TransactionConflict:
+        row = conn.execute(
+            "SELECT mes_transaction_id, status, applied_at, event FROM transactions WHERE transaction_id = ?",
+            (event.transaction_id,),
+        ).fetchone()
+        if row is not None:
+            original = parse_event(row[3], limits=NO_HORIZON)  # recorded: its age is history
+            compared = (
+                event.model_copy(update={"timestamp": original.timestamp}) if ignore_timestamp_on_repeat else event
+            )
+            if original != compared:
+                return TransactionConflict(
+                    "transaction_id",
+                    event.transaction_id,
+                    f"was already recorded as {row[0]} for a different event; "
+                    "a transaction_id must identify exactly one movement",
+                )
+            return Recorded(row[0], "duplicate", event.transaction_id, row[2], row[1], original)
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM transactions").fetchone()[0]
+        mes_id = f"MES-{seq:010d}"
+        applied_at = utc_text(datetime.now(UTC))
+        # A correction aimed at the ERP is recorded so the log shows it arrived, not applied.
+        applies = not (event.source_system == "RECON" and event.target_system == "ERP")
+        status = "applied" if applies else "not_applicable"
+        conn.execute(
+            "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, event.transaction_id, mes_id, status, applied_at, utc_text(event.timestamp),
+             json.dumps(event.to_message())),
+        )  # fmt: skip
+        if applies:
+            self._apply(conn, seq, event)
+        if unpublished:
+            conn.execute("INSERT INTO unpublished VALUES (?, ?, NULL)", (event.transaction_id, applied_at))
         return Recorded(mes_id, status, event.transaction_id, applied_at, status, event)
 
     def _apply(self, conn: sqlite3.Connection, seq: int, event: InventoryEvent) -> None:

@@ -20,11 +20,11 @@ from decimal import Decimal
 from invsync_pipeline.contract import InventoryEvent, parse_event
 from invsync_pipeline.cutover.batch_sync import run_batch_sync
 from invsync_pipeline.cutover.scope import scope_on
-from invsync_pipeline.cutover.switch import mes_client_for, seed_from_erp
+from invsync_pipeline.cutover.switch import seed_from_erp
 from invsync_pipeline.messaging.outbox import Outbox
 from invsync_pipeline.reference.sim_run import BackgroundWorker, SimulationError
+from invsync_pipeline.resources import ErpResource, MesResource
 from invsync_pipeline.settings import CutoverSettings, PilotStage, Settings
-from invsync_pipeline.sources.erp import ErpDatabase
 
 log = logging.getLogger("invsync.shadow_period")
 
@@ -137,7 +137,13 @@ class _Plant:
 
 
 def run_shadow_period(
-    period: ShadowPeriod, settings: Settings, worker: BackgroundWorker, *, drain_timeout: float = 300.0
+    period: ShadowPeriod,
+    settings: Settings,
+    worker: BackgroundWorker,
+    *,
+    drain_timeout: float = 300.0,
+    erp: ErpResource | None = None,
+    mes: MesResource | None = None,
 ) -> ShadowResult:
     """Carry out the period against the ERP, the broker, ``worker`` (shadow mode) and the MES.
 
@@ -147,9 +153,10 @@ def run_shadow_period(
         raise SimulationError("settings.cutover must be period.cutover_settings(settings.cutover)")
     plant = _Plant(period)
     result = ShadowResult()
-    erp = ErpDatabase.from_settings(settings)
+    erp_resource, mes_resource = erp or ErpResource(), mes or MesResource()
+    erp = erp_resource.open()
     outbox = Outbox(settings)
-    live = mes_client_for(settings, "live")
+    live = mes_resource.open("live")
     baseline = worker.handled
     every = timedelta(hours=settings.cutover.batch_sync_every_hours)
     try:
@@ -185,10 +192,10 @@ def run_shadow_period(
             day = (at - period.start).days
             if at == period.start + timedelta(days=day) and day in seeded_days and day > 0:
                 caught_up()  # every earlier event is in the shadow before the seed sets it
-                seed_from_erp(settings, "shadow", scope_on(settings, at.date()), at)
+                seed_from_erp(settings, "shadow", scope_on(settings, at.date()), at, erp=erp_resource, mes=mes_resource)
                 result.seeds += 1
             if at >= next_batch:
-                summary = run_batch_sync(settings, at, live=live, erp=erp)
+                summary = run_batch_sync(settings, live, erp, at)
                 result.batch_runs += 1
                 result.batch_postings += int(summary.get("posted", 0))
                 next_batch = at + every

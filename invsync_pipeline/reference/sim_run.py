@@ -23,10 +23,10 @@ from invsync_pipeline.messaging.connection import connect
 from invsync_pipeline.messaging.outbox import Outbox
 from invsync_pipeline.messaging.topology import build_topology
 from invsync_pipeline.reference.ground_truth import record_finished, record_plan
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.sim_model import Simulation
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
 from invsync_pipeline.sync.worker import SyncWorker
 
 log = logging.getLogger("invsync.simulate")
@@ -68,7 +68,7 @@ class RunResult:
 class BackgroundWorker:
     """A SyncWorker on a thread, with no low-activity windows, that can wait until it caught up."""
 
-    def __init__(self, settings: Settings, mes_client: MesClient):
+    def __init__(self, settings: Settings, mes_client: ReferenceMesClient):
         quiet = settings.model_copy(update={"sync": settings.sync.model_copy(update={"noncritical_windows": ()})})
         self.settings = quiet
         self.worker = SyncWorker(quiet, mes_client)
@@ -189,7 +189,7 @@ class _Publisher:
 def run(
     sim: Simulation,
     settings: Settings,
-    mes_client: MesClient,
+    mes_client: ReferenceMesClient,
     *,
     erp: ErpDatabase | None = None,
     worker: BackgroundWorker | None = None,
@@ -247,7 +247,7 @@ def run(
     return result
 
 
-def _backflush(mes_client: MesClient, event: InventoryEvent, publisher: _Publisher, result: RunResult) -> None:
+def _backflush(mes_client: ReferenceMesClient, event: InventoryEvent, publisher: _Publisher, result: RunResult) -> None:
     answer = mes_client.backflush(event.material_number, event.material_type, event.location, event.quantity,
                                   event.unit, event.erp_reference, event.transaction_id, event.timestamp)  # fmt: skip
     if answer.event != event:

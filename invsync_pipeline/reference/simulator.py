@@ -25,6 +25,7 @@ import pandas as pd
 from invsync_pipeline.messaging.topology import apply_topology
 from invsync_pipeline.reference.faults import FAULT_KINDS, FAULT_TYPES, FaultProfile, FaultProfileError
 from invsync_pipeline.reference.ground_truth import compare_stock, ground_truth, planned_events
+from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.mes_publisher import MesPublisher
 from invsync_pipeline.reference.mes_service import run_in_thread
 from invsync_pipeline.reference.plant import PLANT_SIZES, WAREHOUSES, build_plant
@@ -33,7 +34,6 @@ from invsync_pipeline.reference.sim_plan import generate
 from invsync_pipeline.reference.sim_run import BackgroundWorker, RunResult, SimulationError, run
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesClient
 
 __all__ = [
     "FAULT_KINDS", "FAULT_TYPES", "PLANT_SIZES", "BackgroundWorker", "FaultProfile", "FaultProfileError",
@@ -111,7 +111,7 @@ def simulate(
         elif not settings.mes_token:
             raise SimulationError(f"--mes-url {mes_url}: set INVSYNC_MES_TOKEN to that MES's bearer token")
         cfg = settings.mes
-        client = MesClient(mes_url, token, cfg.timeout_seconds, cfg.read_retries, cfg.page_size)
+        client = ReferenceMesClient(mes_url, token, cfg.timeout_seconds, cfg.read_retries, cfg.page_size)
         stack.callback(client.close)
         erp = ErpDatabase.from_settings(settings)
         stack.callback(erp.dispose)

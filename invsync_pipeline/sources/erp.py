@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import sqlalchemy as sa
@@ -44,6 +44,36 @@ from invsync_pipeline.sources.erp_schema import (
 _WRITE = "invsync_write"
 __all__ = ["ErpDatabase", "ErpPostingError", "PostedDocument", "PostedItem", "STOCK_COLUMNS"]
 STOCK_COLUMNS = ["material", "material_type", "plant", "storage_location", "location", "unit", "quantity"]
+
+
+class ErpApi(Protocol):
+    """What invsync needs of an ERP (docs/integrating.md). ``ErpDatabase`` reads and writes
+    SAP-shaped tables (MARA, MARD, MATDOC, names mapped by ``erp.tables``); a plant whose ERP is
+    reached another way writes an adapter with these methods and hands it in through ``ErpResource``."""
+
+    def stock_as_of(
+        self, ts: datetime | None = None, plant: str | None = None, *, include_zero: bool = False,
+        material: str | None = None,
+    ) -> pd.DataFrame:  # fmt: skip
+        """Stock per material and location at an instant (None: now), as STOCK_COLUMNS."""
+
+    def movements(self, start: datetime, end: datetime, plant: str | None = None) -> list[InventoryEvent]:
+        """The material documents entered in [start, end) as contract events."""
+
+    def events(self, transaction_ids: Iterable[str]) -> dict[str, InventoryEvent]:
+        """The documents posted under these transaction ids, as contract events."""
+
+    def posting(self, transaction_id: str) -> PostedDocument | None:
+        """The document of a transaction id, or None if the ERP never got it."""
+
+    def materials(self) -> pd.DataFrame:
+        """The material master: material, material_type, base_unit, unit_cost, currency, abc_class."""
+
+    def post(self, event: InventoryEvent) -> PostedDocument:
+        """Post a correction (or any movement) once: idempotent by transaction_id."""
+
+    def dispose(self) -> None:
+        """Release connections."""
 
 
 class ErpDatabase:
@@ -79,6 +109,12 @@ class ErpDatabase:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> ErpDatabase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.dispose()
 
     # --- schema ------------------------------------------------------------------------------------
     def create_schema(self) -> None:

@@ -14,16 +14,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.contract import InventoryEvent
 from invsync_pipeline.settings import Settings
 
 TOKEN_ENV = "INVSYNC_MES_TOKEN"
+BATCH_LIMIT = 5_000  # events per batch post (the reference MES's limit)
 
 
 class MesError(Exception):
@@ -72,15 +73,44 @@ class StockRow:
     quantity: Decimal
 
 
-@dataclass(frozen=True)
-class BackflushResult:
-    event: InventoryEvent
-    mes_transaction_id: str
-    status: str  # applied | duplicate
-    published: bool
+class MesApi(Protocol):
+    """What invsync needs of an MES (docs/integrating.md). ``MesClient`` speaks it over the REST
+    API of the reference MES (its OpenAPI document is the contract); a plant whose MES speaks
+    something else writes an adapter with these methods and hands it in through ``MesResource``.
+
+    Every post is idempotent by transaction_id: the same id again changes nothing and answers
+    ``duplicate``. Stock "as of T" counts the movements stamped strictly before T. Errors:
+    ``MesUnavailable`` (try again later), ``MesRejected`` (never will work), ``MesAuthError``."""
+
+    def post_transaction(self, event: InventoryEvent) -> PostResult:
+        """Apply one movement."""
+
+    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesRejected]:
+        """Apply many, a result per event in order (the bulk opening-balance load is one of these)."""
+
+    def stock(
+        self,
+        location: str | None = None,
+        material_number: str | None = None,
+        as_of: datetime | str | None = None,
+        warehouse: str | None = None,
+    ) -> Iterator[StockRow]:
+        """Balances per (location, material_number, unit), now or as of an instant."""
+
+    def applied_transactions(
+        self, since: datetime | str | None = None, until: datetime | str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The applied log in applied order: the event's fields, mes_transaction_id, status,
+        applied_at, and movements (location, material_number, unit, before, after)."""
+
+    def find_transaction(self, transaction_id: str) -> dict[str, Any] | None:
+        """One entry of the applied log, or None if the MES never got it."""
+
+    def close(self) -> None:
+        """Release connections."""
 
 
-def _instant(value: datetime | str | None, name: str) -> str | None:
+def instant_param(value: datetime | str | None, name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if value.tzinfo is None:
@@ -118,6 +148,10 @@ class MesClient:
 
     def __repr__(self) -> str:  # the token stays out of logs and tracebacks
         return f"MesClient({self.base_url!r})"
+
+    def at(self, base_url: str) -> MesClient:
+        """The same client (token, timeouts) against another MES or MES namespace."""
+        return type(self)(base_url, self._token, self.timeout_seconds, self.read_retries, self.page_size)
 
     # --- sessions ---------------------------------------------------------------------------
     def _session(self, reads: bool) -> requests.Session:
@@ -172,11 +206,13 @@ class MesClient:
         params: dict[str, Any] | None = None,
         json_body: Any = None,
         data: bytes | None = None,
+        ndjson: bool = False,
     ) -> tuple[int, Any]:
         url = f"{self.base_url}{path}"
         params = {k: v for k, v in (params or {}).items() if v is not None}
         shown = requests.Request(method, url, params=params).prepare().url or url
-        headers = {"Content-Type": "application/json"} if data is not None else None
+        content_type = "application/x-ndjson" if ndjson else "application/json"
+        headers = {"Content-Type": content_type} if data is not None else None
         try:
             response = self._session(method == "GET").request(
                 method, url, params=params, json=json_body, data=data, headers=headers, timeout=self.timeout_seconds
@@ -241,6 +277,23 @@ class MesClient:
         _, body = self._request("POST", "/api/v1/inventory/transactions", data=event.to_body())
         return PostResult(body["mes_transaction_id"], body["status"], body["transaction_id"])
 
+    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesRejected]:
+        """Post a batch: a result per event, in order, a MesRejected for each the MES refused.
+        The batch as a whole raises as one post does (MesUnavailable, MesAuthError)."""
+        results: list[PostResult | MesRejected] = []
+        for start in range(0, len(events), BATCH_LIMIT):
+            chunk = events[start : start + BATCH_LIMIT]
+            url = "/api/v1/inventory/transactions/batch"
+            _, body = self._request("POST", url, data=b"\n".join(e.to_body() for e in chunk), ndjson=True)
+            for event, item in zip(chunk, body["results"], strict=True):
+                if item["http_status"] < 300:
+                    results.append(PostResult(item["mes_transaction_id"], item["status"], event.transaction_id))
+                else:
+                    results.append(MesRejected(f"MES refused {event.transaction_id} (HTTP {item['http_status']}): "
+                                               f"{item.get('error')}", f"{self.base_url}{url}", item["http_status"],
+                                               item.get("field"), item.get("value"), item.get("rule")))  # fmt: skip
+        return results
+
     def stock(
         self,
         location: str | None = None,
@@ -253,7 +306,7 @@ class MesClient:
             "location": location,
             "material_number": material_number,
             "warehouse": warehouse,
-            "as_of": _instant(as_of, "as_of"),
+            "as_of": instant_param(as_of, "as_of"),
         }
         for item in self._pages("/api/v1/inventory/stock", params):
             yield StockRow(item["location"], item["material_number"], item["unit"], Decimal(item["quantity"]))
@@ -262,64 +315,13 @@ class MesClient:
         self, since: datetime | str | None = None, until: datetime | str | None = None
     ) -> Iterator[dict[str, Any]]:
         """The MES's log in applied order, ``since <= applied_at < until`` (MES clock)."""
-        params = {"since": _instant(since, "since"), "until": _instant(until, "until")}
+        params = {"since": instant_param(since, "since"), "until": instant_param(until, "until")}
         yield from self._pages("/api/v1/inventory/transactions", params)
 
     def find_transaction(self, transaction_id: str) -> dict[str, Any] | None:
         """The MES's record of one transaction_id, or None if it never arrived."""
         _, body = self._request("GET", "/api/v1/inventory/transactions", params={"transaction_id": transaction_id})
         return body["items"][0] if body["items"] else None
-
-    def backflush(
-        self,
-        material_number: str,
-        material_type: str,
-        location: str,
-        quantity: Decimal | str,
-        unit: str,
-        order: str,
-        transaction_id: str | None = None,
-        timestamp: datetime | str | None = None,
-    ) -> BackflushResult:
-        """Record WIP consumed by a production order in the MES (it publishes the event itself)."""
-        payload = {
-            "material_number": material_number,
-            "material_type": material_type,
-            "location": location,
-            "quantity": str(quantity),
-            "unit": unit,
-            "order": order,
-            "transaction_id": transaction_id,
-            "timestamp": _instant(timestamp, "timestamp"),
-        }
-        _, body = self._request(
-            "POST", "/api/v1/production/backflush", json_body={k: v for k, v in payload.items() if v is not None}
-        )
-        return BackflushResult(
-            parse_event(body["event"]), body["mes_transaction_id"], body["status"], body["published"]
-        )
-
-    def unpublished(self) -> list[dict[str, Any]]:
-        """MES-originated events the MES has not managed to publish yet."""
-        return self._request("GET", "/api/v1/production/unpublished")[1]["items"]
-
-    def get_faults(self) -> dict[str, Any]:
-        return self._request("GET", "/api/v1/admin/faults")[1]
-
-    def set_faults(
-        self,
-        error_rate: float | None = None,
-        latency_ms: int | None = None,
-        outage: bool | None = None,
-        outage_windows: list[dict[str, str]] | None = None,
-        lost_answer_rate: float | None = None,
-    ) -> dict[str, Any]:
-        """Change the reference MES's injected faults; arguments left None keep their value."""
-        patch = {"error_rate": error_rate, "latency_ms": latency_ms, "outage": outage, "outage_windows": outage_windows,
-                 "lost_answer_rate": lost_answer_rate}  # fmt: skip
-        return self._request(
-            "PUT", "/api/v1/admin/faults", json_body={k: v for k, v in patch.items() if v is not None}
-        )[1]
 
     def health(self) -> dict[str, Any]:
         """``{"status": "ok"}``; raises MesUnavailable when the MES is down or in an outage."""

@@ -17,6 +17,9 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from invsync_pipeline.contract import PUBLISHED_MS_HEADER
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_log (
@@ -33,6 +36,21 @@ CREATE TABLE IF NOT EXISTS sync_log (
 );
 CREATE INDEX IF NOT EXISTS sync_log_acked ON sync_log (acked_ms);
 """
+
+
+def published_ms_of(properties: Any) -> int | None:
+    """When the publisher sent the message, in ms: our header, else the AMQP timestamp (whole
+    seconds). None when neither is a sane number: a sender's header only measures lag, and must
+    never keep its message from being logged."""
+    headers = getattr(properties, "headers", None) or {}
+    for value, scale in ((headers.get(PUBLISHED_MS_HEADER), 1), (getattr(properties, "timestamp", None), 1000)):
+        try:
+            if value is not None and not isinstance(value, bool) and 0 <= int(value) * scale < 2**63:
+                return int(value) * scale
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return None
+
 
 # Statuses that mean the MES has the transaction: nothing to post again.
 IN_MES = ("applied", "duplicate", "restored")

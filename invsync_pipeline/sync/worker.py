@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,58 +33,22 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from invsync_pipeline.contract import (
-    PUBLISHED_MS_HEADER,
-    ContractLimits,
-    ContractViolation,
-    InventoryEvent,
-    parse_event,
-)
-from invsync_pipeline.cutover.scope import in_scope
-from invsync_pipeline.cutover.state import CutoverState, Switch
-from invsync_pipeline.cutover.switch import mes_client_for, restore_overwritten
-from invsync_pipeline.messaging.amqp_headers import why_not_republishable
+from invsync_pipeline.contract import ContractLimits, ContractViolation, InventoryEvent, parse_event
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
-from invsync_pipeline.messaging.retry import RETRIES_HEADER, publish_failure, retries_so_far
+from invsync_pipeline.messaging.retry import CONNECTION_ERRORS, retries_so_far, send_on
 from invsync_pipeline.messaging.topology import apply_topology
-from invsync_pipeline.ops.compensations import compensated_by
-from invsync_pipeline.ops.compensations import registry as compensation_registry
-from invsync_pipeline.settings import NON_CRITICAL_TRANSACTION_TYPES, Settings
-from invsync_pipeline.sources.mes import MesAuthError, MesClient, MesError, MesRejected, MesUnavailable, PostResult
-from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord
+from invsync_pipeline.ops.compensations import compensated_by, registry
+from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.mes import MesApi, MesAuthError, MesClient, MesRejected, MesUnavailable, PostResult
+from invsync_pipeline.sync.queues import in_window, plant_queues
+from invsync_pipeline.sync.route import LiveRoute
+from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord, published_ms_of
 
 log = logging.getLogger("invsync.sync")
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def plant_queues(settings: Settings) -> tuple[list[str], list[str]]:
-    """(critical queues, non-critical queues) of every configured plant, with namespace."""
-    critical, noncritical = [], []
-    for plant in settings.topology.plants:
-        for pq in plant.queues:
-            name = settings.name(f"plant.{plant.warehouse.lower()}.{pq.name}")
-            if set(pq.transaction_types) <= set(NON_CRITICAL_TRANSACTION_TYPES):
-                noncritical.append(name)
-            else:
-                critical.append(name)
-    return critical, noncritical
-
-
-def in_window(windows: tuple[str, ...], now: datetime) -> bool:
-    """True when no windows are configured or ``now`` (UTC) falls in one ("HH:MM-HH:MM")."""
-    if not windows:
-        return True
-    minute = now.hour * 60 + now.minute
-    for window in windows:
-        start_s, end_s = window.split("-")
-        start = int(start_s[:2]) * 60 + int(start_s[3:5])
-        end = int(end_s[:2]) * 60 + int(end_s[3:5])
-        if (start <= minute < end) if start <= end else (minute >= start or minute < end):
-            return True
-    return False
 
 
 @dataclass
@@ -98,6 +63,21 @@ class WorkerStats:
     parked: int = 0
     by_queue: dict[str, int] = field(default_factory=dict)
 
+    def count(self, status: str, queue: str, redelivered: bool) -> None:
+        """One acked message with this sync-log status."""
+        if status == "applied":
+            self.applied += 1
+            self.redelivered += redelivered
+        elif status == "duplicate":
+            self.duplicates += 1
+        elif status == "restored":
+            self.restored += 1
+        elif status == "compensated":
+            self.compensated += 1
+        else:
+            self.skipped += 1
+        self.by_queue[queue] = self.by_queue.get(queue, 0) + 1
+
 
 @dataclass
 class _Job:
@@ -107,10 +87,8 @@ class _Job:
     body: bytes
     event: InventoryEvent
     delivered_ms: int
-    target: MesClient
-    earlier: MesClient | None = None  # the pre-switch target, for events older than the last switch
+    apply: Callable[[], PostResult]  # the MES call the route chose, run on a pool thread
     future: Future | None = None
-    restore_after: Switch | None = None  # a live-MES booking older than this go-live: see restore_overwritten
     redelivered: bool = False  # the broker delivered it before (a crash, a lost ack)
 
 
@@ -118,16 +96,20 @@ class SyncWorker:
     """Consumes the plant queues and applies each event to the MES exactly once."""
 
     def __init__(
-        self, settings: Settings, mes: MesClient, *, queues: list[str] | None = None, shadow: MesClient | None = None
+        self,
+        settings: Settings,
+        mes: MesApi,
+        *,
+        queues: list[str] | None = None,
+        shadow: MesApi | None = None,
+        route: LiveRoute | None = None,
     ):
         self.settings = settings
         self.mes = mes
-        # Cutover: in shadow mode events go to the shadow MES; a switch pauses the worker (cutover/).
-        self.targets = {"live": mes, "shadow": shadow or mes_client_for(settings, "shadow")}
-        self.cutover = CutoverState(settings)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._mode = self.cutover.current()
-        self._paused_for: int | None = None
+        # Where each event goes (sync/route.py). By default the cutover's route: in shadow mode
+        # events go to the shadow MES, and a switch pauses the worker (cutover/routing.py).
+        self.route = route or _cutover_route(settings, mes, shadow, self.worker_id)
         critical, noncritical = plant_queues(settings)
         wanted = set(queues) if queues is not None else None
         self.critical = [q for q in critical if wanted is None or q in wanted]
@@ -193,7 +175,7 @@ class SyncWorker:
         self._channel.basic_qos(prefetch_count=self.settings.sync.prefetch)
         self._consumers.clear()
         self._inflight.clear()
-        if self._paused_for is None:  # paused for a cutover switch: consume again once it is done
+        if not self.route.paused:  # paused for a cutover switch: consume again once it is done
             for queue in self.critical:
                 self._consume(queue)
 
@@ -209,35 +191,21 @@ class SyncWorker:
                 break
             now = time.monotonic()
             if now >= next_cutover_check:
-                if self._follow_cutover():
-                    next_window_check = 0.0  # resumed: the window decides about non-critical queues again
+                change = self.route.follow()
+                if change == "pause":
+                    self._finish_inflight()
+                elif change == "resume":
+                    for queue in self.critical:
+                        self._consume(queue)
+                    next_window_check = 0.0  # the window decides about non-critical queues again
                 next_cutover_check = now + 0.25
-            if now >= next_window_check and self._paused_for is None:
+            if now >= next_window_check and not self.route.paused:
                 self._toggle_noncritical(in_window(self.settings.sync.noncritical_windows, datetime.now(UTC)))
                 next_window_check = now + 15
             self._conn.process_data_events(time_limit=0.2)
             if self._fatal is not None:
                 self._stop.set()
         self._finish_inflight()
-
-    def _follow_cutover(self) -> bool:
-        """Pause for a switch under way, resume once it is done; True when it just resumed."""
-        mode = self.cutover.current()
-        resumed = False
-        if mode.switching is not None and self._paused_for != mode.switching.seq:
-            log.info("cutover switch %d (%s -> %s): pausing", mode.switching.seq, mode.switching.from_mode,
-                     mode.switching.to_mode)  # fmt: skip
-            self._finish_inflight()
-            self._paused_for = mode.switching.seq
-        elif mode.switching is None and self._paused_for is not None:
-            log.info("cutover: resuming; the event-driven path is %s", mode.mode)
-            self._paused_for = None
-            for queue in self.critical:
-                self._consume(queue)
-            resumed = True
-        self._mode = mode
-        self.cutover.heartbeat(self.worker_id, self._paused_for)
-        return resumed
 
     def _toggle_noncritical(self, open_now: bool) -> None:
         for queue in self.noncritical:
@@ -275,18 +243,15 @@ class SyncWorker:
         self.sync_log.close()
         if self._compensations is not None:
             self._compensations.close()
-        # A stopped worker need not pause for a switch.
         with contextlib.suppress(Exception):
-            self.cutover.leave(self.worker_id)
-        self.cutover.close()
-        self.targets["shadow"].close()
+            self.route.leave()
 
     # --- per message (I/O thread) ---------------------------------------------------------------
     def _on_message(self, queue: str, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
         """One delivery. Whatever goes wrong with it is that message's fault alone: it is parked
         whole with the reason, and the worker goes on with the next one (invariant 3)."""
         try:
-            self._handle_message(queue, channel, method, _usable_published_ms(properties), body)
+            self._handle_message(queue, channel, method, properties, body)
         except _NOT_THE_MESSAGES_FAULT:
             raise  # the run loop reconnects (or stops) and the broker delivers the message again
         except Exception as exc:  # noqa: BLE001 - one message never stops the worker
@@ -312,27 +277,9 @@ class SyncWorker:
         except ContractViolation as violation:
             self._fail(queue, method.delivery_tag, properties, body, f"invalid: {violation}", retryable=False)
             return
-        if self._paused_for is not None:
+        if self.route.paused:
             # Delivered just before the pause: back to the queue, applied after the switch.
             channel.basic_nack(method.delivery_tag, requeue=True)
-            return
-        mode = self._mode.mode
-        if (go_live := self._go_live_overwrote(event)) is not None and self.sync_log.seen(event.transaction_id) is None:
-            # Booked in the live MES before go-live and maybe overwritten by its copy: the pool
-            # thread looks and puts back what the copy took (cutover/switch.py).
-            job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, self.targets["live"],
-                       self.targets["shadow"], restore_after=go_live)  # fmt: skip
-            self._inflight[job.tag] = job
-            job.future = self._pool.submit(self._call_mes, job, self._conn)
-            return
-        if (
-            (event.source_system == "MES" and mode == "live")
-            or (event.source_system == "RECON" and event.target_system == "ERP")
-            or not in_scope(self.settings, event.material_type, event.timestamp)
-        ):
-            # Already in the live MES (it originated there; the shadow MES still needs it), a
-            # correction meant for the ERP, or a material type outside the cutover's pilot scope.
-            self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms)
             return
         redelivered = bool(getattr(method, "redelivered", False))
         if (mes_id := self.sync_log.seen(event.transaction_id)) is not None:
@@ -346,54 +293,26 @@ class SyncWorker:
             self._ack(queue, method.delivery_tag, properties, event, None, "compensated", delivered_ms, delivered_ms,
                       redelivered=redelivered)  # fmt: skip
             return
-        job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, self.targets[mode],
-                   self._before_switch_target(event), redelivered=redelivered)  # fmt: skip
+        delivery = self.route.deliver(event)
+        if delivery.apply is None:
+            log.debug("skipped tx=%s: %s", event.transaction_id, delivery.skip)
+            self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms,
+                      redelivered=redelivered)  # fmt: skip
+            return
+        job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, delivery.apply,
+                   redelivered=redelivered)  # fmt: skip
         self._inflight[job.tag] = job
         job.future = self._pool.submit(self._call_mes, job, self._conn)
 
     def _compensated_by(self, transaction_id: str) -> str | None:
         if self._compensations is None:  # opened on the I/O thread, which alone uses it
-            self._compensations = compensation_registry(self.settings)
+            self._compensations = registry(self.settings)
         return compensated_by(self._compensations, transaction_id, "MES")
-
-    def _go_live_overwrote(self, event: InventoryEvent) -> Switch | None:
-        """The go-live whose copy may have overwritten this live-MES booking, if any."""
-        last = self._mode.last
-        if (
-            event.source_system != "MES"
-            or self._mode.mode != "live"
-            or last is None
-            or last.from_mode != "shadow"
-            or last.completed_at is None
-            or event.timestamp >= last.completed_at
-            or not in_scope(self.settings, event.material_type, last.completed_at)
-        ):
-            return None
-        return last
-
-    def _before_switch_target(self, event: InventoryEvent) -> MesClient | None:
-        """The MES the path wrote before the last switch, for an event older than that switch."""
-        last = self._mode.last
-        if last is None or last.completed_at is None or event.timestamp >= last.completed_at:
-            return None
-        return self.targets[last.from_mode]
 
     def _call_mes(self, job: _Job, conn: pika.BlockingConnection) -> None:
         """Pool thread: the MES call. Never touches the channel; hands the outcome back."""
         try:
-            outcome: Any
-            if job.restore_after is not None and job.earlier is not None:
-                with CutoverState(self.settings) as state:
-                    since = state.last_copy_into("shadow", before=job.restore_after.requested_at)
-                outcome = restore_overwritten(job.restore_after, job.event, job.target, job.earlier, since)
-            elif (
-                job.earlier is not None
-                and (earlier := job.earlier.find_transaction(job.event.transaction_id)) is not None
-            ):
-                # Applied before the switch (its ack was lost then); the switch's copy carried it over.
-                outcome = PostResult(earlier["mes_transaction_id"], "duplicate", job.event.transaction_id)
-            else:
-                outcome = _post_or_find(job.target, job.event)
+            outcome: Any = job.apply()
         except (MesUnavailable, MesRejected, MesAuthError) as exc:
             outcome = exc
         except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
@@ -436,63 +355,26 @@ class SyncWorker:
              *, redelivered: bool = False) -> None:  # fmt: skip
         """Log the outcome durably, then ack: a worker killed in between gets the message again,
         and its row says what happened (a row is never lost for a message acked)."""
-        acked_ms = _now_ms()
-        headers = properties.headers or {}
-        published = headers.get(PUBLISHED_MS_HEADER)
-        if published is None and properties.timestamp:
-            published = int(properties.timestamp) * 1000
         self.sync_log.record(
             SyncRecord(
                 event.transaction_id,
                 mes_id,
                 status,
                 queue,
-                int(published) if published is not None else None,
+                published_ms_of(properties),
                 delivered_ms,
                 confirmed_ms,
-                acked_ms,
+                _now_ms(),
                 retries_so_far(properties) + 1,
                 redelivered,
             )  # fmt: skip
         )
         self._channel.basic_ack(tag)
-        if status == "applied":
-            self.stats.applied += 1
-            self.stats.redelivered += redelivered
-        elif status == "duplicate":
-            self.stats.duplicates += 1
-        elif status == "restored":
-            self.stats.restored += 1
-        elif status == "compensated":
-            self.stats.compensated += 1
-        else:
-            self.stats.skipped += 1
-        self.stats.by_queue[queue] = self.stats.by_queue.get(queue, 0) + 1
+        self.stats.count(status, queue, redelivered)
 
     def _fail(self, queue: str, tag: int, properties: pika.BasicProperties, body: bytes, reason: str,
               *, retryable: bool) -> None:  # fmt: skip
-        route = None
-        dropped = why_not_republishable(properties.headers)
-        if dropped is None:
-            try:
-                route = publish_failure(self._channel, self._topology, queue, properties, body, reason,
-                                        retryable=retryable)  # fmt: skip
-            except _NOT_THE_MESSAGES_FAULT:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the sender's headers, not the message, failed to publish
-                dropped = f"{type(exc).__name__}: {exc}"[:300]
-        if route is None:
-            # Headers that cannot travel on (a type pika cannot encode again, a table too big for
-            # a frame once the reason is added): the body goes on whole with our headers only.
-            log.warning("message_id=%r from %s: sending it on without the sender's headers (%s)",
-                        properties.message_id, queue, dropped)  # fmt: skip
-            minimal = pika.BasicProperties(
-                message_id=properties.message_id if isinstance(properties.message_id, str) else None,
-                headers={RETRIES_HEADER: retries_so_far(properties)},
-            )
-            route = publish_failure(self._channel, self._topology, queue, minimal, body,
-                                    f"{reason} (the sender's headers were dropped: {dropped})",
-                                    retryable=retryable)  # fmt: skip
+        route = send_on(self._channel, self._topology, queue, properties, body, reason, retryable=retryable)
         self._channel.basic_ack(tag)
         if route.destination == "parking":
             self.stats.parked += 1
@@ -504,48 +386,13 @@ class SyncWorker:
 
 # Errors of the connection or of our own storage (the sync log): not one message's fault. They
 # leave the message unacked, and the broker delivers it again once the worker is back.
-_NOT_THE_MESSAGES_FAULT = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.ConnectionWrongStateError,
-    pika.exceptions.ChannelWrongStateError,
-    pika.exceptions.ChannelClosed,
-    BrokerUnavailable,
-    sqlite3.Error,
-)
+_NOT_THE_MESSAGES_FAULT = (*CONNECTION_ERRORS, BrokerUnavailable, sqlite3.Error)
 
 
-def _usable_published_ms(properties: pika.BasicProperties) -> pika.BasicProperties:
-    """The properties with the sender's publish-time header dropped when it is not a sane
-    millisecond count: it only measures lag, and the sync log must be able to record it."""
-    headers = properties.headers
-    if not headers or PUBLISHED_MS_HEADER not in headers:
-        return properties
-    value = headers[PUBLISHED_MS_HEADER]
-    try:
-        usable = not isinstance(value, bool) and 0 <= int(value) < 2**63
-    except (TypeError, ValueError, OverflowError):
-        usable = False
-    if usable:
-        return properties
-    kept = {k: v for k, v in headers.items() if k != PUBLISHED_MS_HEADER}
-    return pika.BasicProperties(
-        content_type=properties.content_type, delivery_mode=properties.delivery_mode,
-        message_id=properties.message_id, timestamp=properties.timestamp, headers=kept,
-    )  # fmt: skip
+def _cutover_route(settings: Settings, live: MesApi, shadow: MesApi | None, worker_id: str) -> LiveRoute:
+    """The route of a plant with the cutover layer (the one place the worker knows it exists)."""
+    from invsync_pipeline.cutover.routing import CutoverRoute
 
-
-def _post_or_find(mes: MesClient, event: InventoryEvent) -> PostResult:
-    """Post the event. If the MES did not answer (a timeout, a dropped connection), it may have
-    applied it all the same: look it up before it goes to a retry tier or parking, so an applied
-    movement is neither retried for nothing nor parked as "MES unavailable"."""
-    try:
-        return mes.post_transaction(event)
-    except MesUnavailable as unanswered:
-        try:
-            found = mes.find_transaction(event.transaction_id)
-        except MesError:
-            raise unanswered from None  # it cannot be asked either: retry later
-        if found is None or found.get("status") not in ("applied", "not_applicable"):
-            raise
-        log.info("tx=%s: the MES did not answer the post but has applied it (%s)", event.transaction_id, unanswered)
-        return PostResult(found["mes_transaction_id"], "applied", event.transaction_id)
+    if shadow is None:
+        shadow = live.at(settings.shadow_mes_url) if isinstance(live, MesClient) else live
+    return CutoverRoute(settings, live, shadow, worker_id)
