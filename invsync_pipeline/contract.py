@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from invsync_pipeline.contract_errors import _MISSING, ContractViolation, error_text, preview, violation_of
+from invsync_pipeline.contract_json import MAX_JSON_DEPTH, MAX_NUMBER_CHARS, best_effort_fields, decode_body
+
 if TYPE_CHECKING:
     from invsync_pipeline.settings import Settings
 
@@ -30,12 +33,6 @@ ROUTING_KEY_PREFIX = "inventory"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_AGE_DAYS = 400
 DEFAULT_MAX_FUTURE_MINUTES = 60
-# A v1 body is one flat object. Anything nested deeper than this is refused before it is
-# parsed, so no body can exhaust the parser's recursion.
-MAX_JSON_DEPTH = 16
-# Characters of one number (a JSON number, or a quantity string): far above any quantity
-# (< 1e12, 6 decimals) and far below Python's 4,300-digit limit for converting text to int.
-MAX_NUMBER_CHARS = 40
 # AMQP header with the publish time in ms (the AMQP timestamp property has whole seconds);
 # the sync worker measures sync lag from it.
 PUBLISHED_MS_HEADER = "x-invsync-published-ms"
@@ -69,7 +66,6 @@ _MOVEMENT_TYPE = r"^[0-9]{3}$"
 _QUANTITY_MAX = Decimal("1e12")
 _QUANTITY_DECIMALS = 6
 _DECIMAL_STRING = re.compile(r"-?[0-9]+(\.[0-9]+)?")
-_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
 
 # SAP movement type -> contract transaction type (DESIGN.md). A reversal is the code + 1 and
 # the opposite movement: 102 reverses a receipt, so it is an issue; 312 is still a transfer.
@@ -83,51 +79,6 @@ _OPPOSITE: dict[str, TransactionType] = {"receipt": "issue", "issue": "receipt",
 for _code, _kind in list(MOVEMENT_TYPES.items()):
     if _kind in _OPPOSITE and str(int(_code) + 1) not in MOVEMENT_TYPES:
         MOVEMENT_TYPES[str(int(_code) + 1)] = _OPPOSITE[_kind]
-
-
-class ContractViolation(ValueError):
-    """A message broke a rule of the contract. ``field``, ``value`` and ``rule`` say which.
-
-    The value is kept short and always encodable as UTF-8, since it travels on in headers, JSON
-    and logs: a long text is cut, a huge integer or a container becomes a short description."""
-
-    def __init__(self, field: str, value: Any, rule: str):
-        self.field = _shown(field)
-        self.value = _shown(value)
-        self.rule = _shown(rule, limit=500)
-        super().__init__(str(self))
-
-    def __reduce__(self):  # picklable, so it can cross process boundaries
-        return (ContractViolation, (self.field, self.value, self.rule))
-
-    def __str__(self) -> str:
-        return f"{self.field}={_short(self.value)}: {self.rule}"
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    try:
-        text = str(value) if isinstance(value, Decimal) else repr(value)
-    except Exception:  # noqa: BLE001 - a value too deep or too big to show is still refused
-        text = f"<{type(value).__name__} that cannot be shown>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _shown(value: Any, limit: int = 200) -> Any:
-    """A value as a violation keeps it: small, and encodable as UTF-8 (no lone surrogates)."""
-    if value is None or isinstance(value, bool | float | _Missing):
-        return value
-    if isinstance(value, int):
-        # str() of an int over 4,300 digits raises; ~60 digits is plenty to show.
-        return (
-            value if value.bit_length() <= 200 else f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
-        )
-    if isinstance(value, Decimal):
-        return value if len(value.as_tuple().digits) <= 60 else _short(value, limit)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value[:limit])
-    text = value if isinstance(value, str) else _short(value, limit)
-    text = text[: limit + 1].encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class InventoryEvent(BaseModel):
@@ -283,7 +234,7 @@ def parse_event(
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence of invariant 3
         # A kind of bad body nobody has thought of yet is still that message's fault alone.
-        raise ContractViolation("body", _preview(body), f"could not be read: {_error_text(exc)}") from exc
+        raise ContractViolation("body", preview(body), f"could not be read: {error_text(exc)}") from exc
 
 
 def try_parse_event(
@@ -296,64 +247,8 @@ def try_parse_event(
         return violation
 
 
-def best_effort_fields(body: Any) -> dict[str, Any]:
-    """The top-level fields of a body that may break the contract, as far as they can be read.
-
-    For tools that show, filter or route invalid messages (the DLQ, the backlog). Never raises:
-    {} when the body is not a readable JSON object. Duplicate keys keep the last value, numbers
-    come as int or exact Decimal (those too long to convert are left out), text is always
-    encodable as UTF-8 (lone surrogates become backslash escapes)."""
-    try:
-        if isinstance(body, dict):
-            data = body
-        else:
-            raw = (
-                bytes(body)
-                if isinstance(body, bytes | bytearray | memoryview)
-                else str(body).encode("utf-8", "surrogatepass")
-            )
-            if len(raw) > _BEST_EFFORT_MAX_BYTES:
-                return {}
-            text = raw.decode("utf-8", "replace")
-            if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
-                return {}
-            data = _LENIENT_JSON.decode(text)
-        if not isinstance(data, dict):
-            return {}
-        return {
-            _encodable(str(key)): _encodable(value) if isinstance(value, str) else value
-            for key, value in data.items()
-            if not isinstance(value, _Refused)
-        }
-    except Exception:  # noqa: BLE001 - best effort: nothing readable is an answer too
-        return {}
-
-
-_BEST_EFFORT_MAX_BYTES = 16 * 1024 * 1024
-
-
-def _encodable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _preview(body: Any) -> Any:
-    if isinstance(body, bytes | bytearray | memoryview):
-        return bytes(body[:40])
-    if isinstance(body, str):
-        return body[:40]
-    return f"<{type(body).__name__}>"
-
-
-def _error_text(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = ""
-    return f"{type(exc).__name__}: {text}"[:300]
-
-
 def _parse(body: bytes | str | dict, limits: ContractLimits) -> InventoryEvent:
-    data = dict(body) if isinstance(body, dict) else _decode(body, limits.max_body_bytes)
+    data = dict(body) if isinstance(body, dict) else decode_body(body, limits.max_body_bytes)
     # Only present fields are converted: a missing one must reach pydantic as missing, so the
     # error says "is required" rather than complaining about the type of a placeholder.
     if "timestamp" in data:
@@ -363,128 +258,9 @@ def _parse(body: bytes | str | dict, limits: ContractLimits) -> InventoryEvent:
     try:
         event = InventoryEvent.model_validate(data)
     except ValidationError as exc:
-        raise _violation(exc) from None
+        raise violation_of(exc) from None
     _check_cross_field_rules(event)
     return event
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING = _Missing()
-
-
-class _Refused:
-    """A JSON value the decoder would not turn into a Python one (a number too long, NaN):
-    the object holding it names the field."""
-
-    __slots__ = ("text", "rule")
-
-    def __init__(self, text: str, rule: str):
-        self.text = text if len(text) <= 40 else f"{text[:20]}...<{len(text)} chars>"
-        self.rule = rule
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-def _json_int(text: str) -> int | _Refused:
-    if len(text) > MAX_NUMBER_CHARS:
-        return _Refused(text, f"must be a number of at most {MAX_NUMBER_CHARS} characters")
-    return int(text)
-
-
-def _json_decimal(text: str) -> Decimal | _Refused:
-    # Decimal, not float: a quantity stays exactly what the sender wrote.
-    if len(text) > MAX_NUMBER_CHARS:
-        return _Refused(text, f"must be a number of at most {MAX_NUMBER_CHARS} characters")
-    try:
-        return Decimal(text)
-    except InvalidOperation:  # an exponent beyond what Decimal holds
-        return _Refused(text, "must be a number Decimal can hold")
-
-
-def _refused_constant(text: str) -> _Refused:
-    return _Refused(text, "must be a finite number; NaN and Infinity are not JSON")
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, value in pairs:
-            if key in seen:
-                raise ContractViolation(key, value, "appears twice in the object; each field may be given once")
-            seen.add(key)
-    for key, value in obj.items():
-        if type(value) is _Refused:
-            raise ContractViolation(key, value.text, value.rule)
-    return obj
-
-
-# Numbers are bounded before conversion and kept exact, NaN and Infinity refused; the strict
-# decoder also refuses duplicate keys (with the last one winning, a reader could see either).
-_STRICT_JSON = json.JSONDecoder(
-    object_pairs_hook=_object, parse_int=_json_int, parse_float=_json_decimal, parse_constant=_refused_constant
-)
-_LENIENT_JSON = json.JSONDecoder(parse_int=_json_int, parse_float=_json_decimal, parse_constant=_refused_constant)
-
-
-def _nesting_depth_exceeds(text: str, limit: int) -> bool:
-    """True when JSON text nests arrays and objects deeper than ``limit`` (strings skipped)."""
-    if text.count("[") + text.count("{") <= limit:
-        return False  # the common case, at C speed
-    depth, in_string, skip_to = 0, False, -1
-    for match in _JSON_STRUCTURE.finditer(text):
-        at, char = match.start(), match.group()
-        if at < skip_to:
-            continue  # the character after a backslash in a string
-        if in_string:
-            if char == "\\":
-                skip_to = at + 2
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
-def _decode(body: bytes | str, max_body_bytes: int) -> dict:
-    if isinstance(body, memoryview | bytearray):
-        body = bytes(body)
-    # The limit is on bytes on the wire; a str counts its UTF-8 encoding, not its characters.
-    size = len(body.encode("utf-8", "surrogatepass")) if isinstance(body, str) else len(body)
-    if size == 0:
-        raise ContractViolation("body", "", "must be a JSON object; the message body is empty")
-    if size > max_body_bytes:
-        raise ContractViolation("body", f"<{size} bytes>", f"must be at most {max_body_bytes} bytes")
-    try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-    except UnicodeDecodeError as exc:
-        raise ContractViolation("body", body[:40], f"must be UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if _nesting_depth_exceeds(text, MAX_JSON_DEPTH):
-        raise ContractViolation(
-            "body",
-            body[:40],
-            f"must not nest arrays or objects more than {MAX_JSON_DEPTH} deep (v1 is one flat object)",
-        )
-    try:
-        data = _STRICT_JSON.decode(text)
-    except json.JSONDecodeError as exc:
-        raise ContractViolation("body", body[:40], f"must be JSON ({exc.msg} at char {exc.pos})") from None
-    if isinstance(data, _Refused):
-        raise ContractViolation("body", data.text, data.rule)
-    if not isinstance(data, dict):
-        raise ContractViolation("body", data, f"must be a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _timestamp(value: Any, limits: ContractLimits) -> Any:
@@ -557,38 +333,6 @@ def _quantity(value: Any) -> Any:
 
 
 _NOT_PRINTABLE_RULE = "must be printable text: no control, zero-width, line-break or non-ASCII space characters"
-_RULES = {
-    "string_unicode": "must be valid Unicode text (a lone surrogate is not)",
-    "literal_error": "must be one of {expected}",
-    "missing": "is required",
-    "string_too_short": "must be at least {min_length} characters",
-    "string_too_long": "must be at most {max_length} characters",
-    "string_type": "must be a string",
-    "extra_forbidden": "is not a field of contract v1 (check the spelling)",
-}
-_PATTERN_RULES = {
-    "transaction_id": "must be 1-64 characters without spaces",
-    "material_number": "must not start or end with spaces",
-    "unit": "must be an upper-case base unit of measure such as KG, EA, L",
-    "location": "must be WAREHOUSE/STORAGE_LOCATION, e.g. WH01/RM01",
-    "to_location": "must be WAREHOUSE/STORAGE_LOCATION, e.g. WH01/FG01",
-    "movement_type": "must be a 3-digit SAP movement type such as 101",
-}
-
-
-def _violation(exc: ValidationError) -> ContractViolation:
-    err = exc.errors(include_url=False)[0]
-    loc = err["loc"]
-    field = ".".join(str(p) for p in loc) if loc else "body"
-    value = err.get("input", _MISSING) if err["type"] != "missing" else _MISSING
-    kind = err["type"]
-    if kind == "string_pattern_mismatch":
-        rule = _PATTERN_RULES.get(field, err["msg"])
-    elif kind in _RULES:
-        rule = _RULES[kind].format(**(err.get("ctx") or {}))
-    else:
-        rule = err["msg"]
-    return ContractViolation(field, value, rule)
 
 
 def _check_cross_field_rules(event: InventoryEvent) -> None:
@@ -625,78 +369,15 @@ def _check_cross_field_rules(event: InventoryEvent) -> None:
             raise ContractViolation("quantity", quantity, "must be < 0 for movement type 702 (inventory loss)")
 
 
-# Characters str.isprintable() refuses that an identifier could hide, as a regex class (JSON
-# Schema patterns are ECMA-262; Python's re reads the same escapes).
-_NOT_PRINTABLE_CLASS = (
-    "\\x00-\\x1f\\x7f-\\xa0\\xad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u1680\\u180e"
-    "\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066-\\u206f\\u3000\\ud800-\\udfff\\ufeff\\ufff9-\\ufffb"
-)
-
-
-def _schema_pattern(body: str) -> str:
-    """An anchored JSON Schema pattern. (?!\\n) because Python's $ (used by Python validators)
-    also matches before a trailing newline; in ECMA-262 it changes nothing."""
-    return f"^(?:{body})(?!\\n)$"
-
-
 def json_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of contract v1, for teams that publish or consume events."""
-    schema = InventoryEvent.model_json_schema(mode="validation")
-    props = schema["properties"]
-    props["timestamp"] = {"type": "string", "format": "date-time", "pattern": _schema_pattern(_RFC3339.pattern),
-                          "description": "RFC 3339 with an offset, at most 6 fractional digits; when the movement "
-                                         "happened, at most contract.max_age_days (400) in the past and "
-                                         "contract.max_future_minutes (60) in the future"}  # fmt: skip
-    props["quantity"] = {"type": ["number", "string"], "pattern": _schema_pattern(r"-?[0-9]+(\.[0-9]{1,6})?"),
-                         "maxLength": MAX_NUMBER_CHARS,
-                         "description": "decimal; receipt/issue/transfer > 0, adjustment signed and "
-                                        "non-zero, cycle_count the counted balance >= 0"}  # fmt: skip
-    for optional in ("to_location", "movement_type", "target_system"):
-        props[optional] = {k: v for k, v in props[optional].items() if k != "default"}
-        props[optional].pop("anyOf", None)
-    # null is read as absent by the parser, so the schema allows it too.
-    props["to_location"].update(type=["string", "null"], pattern=_LOCATION)
-    props["movement_type"].update(type=["string", "null"], pattern=_MOVEMENT_TYPE)
-    props["target_system"].update(type=["string", "null"], enum=["ERP", "MES", None])
-    # Identifiers are printable text (str.isprintable in the parser). A JSON Schema pattern cannot
-    # name Unicode categories portably, so it lists the characters that matter in practice:
-    # controls, zero-width and direction marks, line separators, non-ASCII spaces, surrogates.
-    props["transaction_id"]["pattern"] = f"^[^\\s{_NOT_PRINTABLE_CLASS}]+$"
-    props["material_number"]["pattern"] = (
-        f"^[^\\s{_NOT_PRINTABLE_CLASS}]([^{_NOT_PRINTABLE_CLASS}]*[^\\s{_NOT_PRINTABLE_CLASS}])?$"
-    )
-    props["erp_reference"]["pattern"] = f"^[^{_NOT_PRINTABLE_CLASS}]+$"
-    for prop in props.values():
-        if "pattern" in prop and not prop["pattern"].endswith("(?!\\n)$"):
-            prop["pattern"] = _schema_pattern(prop["pattern"].removeprefix("^").removesuffix("$"))
-    schema.update(
-        {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "urn:invsync:contract:inventory-event:v1",
-            "title": "invsync inventory event v1",
-            "description": (InventoryEvent.__doc__ or "").strip()
-            + " Routing key: inventory.{warehouse}.{material_type}.{transaction_type}.",
-            "additionalProperties": False,
-            "allOf": [
-                {
-                    "if": {"properties": {"transaction_type": {"const": "transfer"}}},
-                    "then": {"required": ["to_location"], "properties": {"to_location": {"type": "string"}}},
-                    "else": {"properties": {"to_location": {"type": "null"}}},
-                },
-                {
-                    "if": {"properties": {"source_system": {"const": "RECON"}}},
-                    "then": {"required": ["target_system"], "properties": {"target_system": {"type": "string"}}},
-                    "else": {"properties": {"target_system": {"type": "null"}}},
-                },
-                {
-                    "if": {"properties": {"transaction_type": {"enum": ["receipt", "issue", "transfer"]}}},
-                    "then": {
-                        "properties": {
-                            "quantity": {"exclusiveMinimum": 0, "pattern": _schema_pattern(r"[0-9]+(\.[0-9]{1,6})?")}
-                        }
-                    },
-                },
-            ],
-        }  # fmt: skip
-    )
-    return schema
+    from invsync_pipeline.contract_schema import build_json_schema
+
+    return build_json_schema()
+
+
+__all__ = [
+    "DEFAULT_LIMITS", "MAX_JSON_DEPTH", "MAX_NUMBER_CHARS", "MOVEMENT_TYPES", "NO_HORIZON", "PUBLISHED_MS_HEADER",
+    "ContractLimits", "ContractViolation", "InventoryEvent", "best_effort_fields", "instant_text", "json_schema",
+    "parse_event", "routing_key", "try_parse_event",
+]  # fmt: skip
