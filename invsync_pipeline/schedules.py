@@ -8,7 +8,7 @@ from datetime import timedelta
 import dagster as dg
 
 from invsync_pipeline.jobs import batch_sync_job, cutover_daily_job, hourly_reconciliation_job
-from invsync_pipeline.messaging.staged_log import partition_key_of
+from invsync_pipeline.partitions import partition_key_of
 from invsync_pipeline.resources import InvsyncResource
 
 

@@ -17,6 +17,8 @@ import duckdb
 from invsync_pipeline.settings import PROJECT_ROOT
 
 SQL_DIR = PROJECT_ROOT / "sql"
+# The Dagster pool every run that writes DuckDB joins; its limit must be 1 (scripts/dagster-home).
+DUCKDB_WRITER_POOL = "duckdb_writer"
 SCHEMA_FILES = (
     "staging.sql",
     "ledger.sql",

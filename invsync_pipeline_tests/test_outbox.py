@@ -17,11 +17,11 @@ from invsync_pipeline.contract import InventoryEvent, parse_event
 from invsync_pipeline.messaging.connection import BrokerUnavailable
 from invsync_pipeline.messaging.outbox import (
     ExchangeMissing,
+    FlushLock,
     Outbox,
     OutboxBusy,
     OutboxFull,
     UnroutableEvents,
-    _FlushLock,
 )
 from invsync_pipeline.messaging.topology import build_topology
 from invsync_pipeline.settings import Settings
@@ -136,7 +136,7 @@ def test_a_flush_out_of_time_keeps_the_rest_for_the_next_flush_in_order(settings
 def test_only_one_flush_at_a_time_runs_on_an_outbox_file(settings, topology):
     with Outbox(settings) as first, Outbox(settings) as second:
         first.enqueue(_events(3))
-        with _FlushLock(first.path.with_name(first.path.name + ".flush-lock")):  # a flush in progress
+        with FlushLock(first.path.with_name(first.path.name + ".flush-lock")):  # a flush in progress
             with pytest.raises(OutboxBusy, match="would break the publish order"):
                 second.flush()
             assert second.publish(_events(1)).broker_error.startswith("another process is flushing")
@@ -153,7 +153,7 @@ def test_a_full_outbox_refuses_the_whole_call_loudly_and_keeps_what_it_had(setti
         with pytest.raises(OutboxFull) as full:
             outbox.enqueue(refused)
         assert outbox.pending_count() == 3
-        buffered = {r[0] for r in outbox._db.execute("SELECT transaction_id FROM outbox")}
+        buffered = {r[0] for r in outbox.db.execute("SELECT transaction_id FROM outbox")}
 
     assert buffered == {e.transaction_id for e in kept}
     message = str(full.value)

@@ -6,12 +6,10 @@ import dagster as dg
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
+from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.assets.variances import variance_investigation
-from invsync_pipeline.messaging.staged_log import hour_bounds
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.mes import MesError
@@ -25,13 +23,10 @@ class CorrectionConfig(dg.Config):
     rules_path: str | None = None  # default: settings reconciliation.rules_path (INVSYNC_RULES, data/rules.yaml)
 
 
-@dg.asset(
+@hourly_asset(
     deps=[variance_investigation],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "rabbitmq"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "recon.corrections"},
 )
 def auto_corrections(
@@ -127,13 +122,10 @@ def _auto_corrections_hour(
     )
 
 
-@dg.asset(
+@hourly_asset(
     deps=[auto_corrections],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "csv"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "recon.correction_audit_log"},
 )
 def correction_audit_log(

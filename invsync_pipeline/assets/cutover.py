@@ -14,14 +14,13 @@ import pandas as pd
 
 from invsync_pipeline.assets.hours import SINGLE_RUN
 from invsync_pipeline.assets.metadata import md_table
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.cutover.routing import mode_at
 from invsync_pipeline.cutover.scope import scope_label, scope_on
 from invsync_pipeline.partitions import daily_partitions
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.balances import Key, erp_stock, mes_balances
-from invsync_pipeline.warehouse import sql
+from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL, sql
 
 
 class ComparisonConfig(dg.Config):

@@ -9,9 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from invsync_pipeline.assets.corrections import correction_audit_log
-from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 
 EXPORTED_TABLES = (
@@ -26,13 +24,10 @@ EXPORTED_TABLES = (
 )
 
 
-@dg.asset(
+@hourly_asset(
     deps=[correction_audit_log],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "parquet"},
-    pool=DUCKDB_WRITER_POOL,
 )
 def analyst_exports(
     context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource

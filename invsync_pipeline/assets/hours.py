@@ -22,7 +22,8 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
-from invsync_pipeline.messaging.staged_log import hour_bounds
+from invsync_pipeline.partitions import hour_bounds, hourly_partitions
+from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL
 
 # Single-run backfills are "beta" in Dagster 1.13; they are what makes a 3-week backfill one
 # run, so say it once here instead of once per asset on every load.
@@ -30,6 +31,13 @@ warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.Bet
 
 # Hourly assets backfill a range in one run (see the module docstring).
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+
+
+def hourly_asset(**kwargs):
+    """``dg.asset`` for an hourly asset that writes DuckDB: the hourly partitions, one run per
+    backfill (this module), and the DuckDB writers' pool (one writing run at a time)."""
+    return dg.asset(partitions_def=hourly_partitions, backfill_policy=SINGLE_RUN, pool=DUCKDB_WRITER_POOL, **kwargs)
+
 
 # Hours per statement in a ranged run (24 consecutive hours, not calendar days). A chunk of the
 # bench plant (2.4M events) stays under 4 GB with duckdb.memory_limit set to that.

@@ -4,9 +4,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
+from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.resources import WarehouseResource
 from invsync_pipeline.warehouse import sql
 
@@ -41,13 +40,10 @@ LEDGER_SCHEMA = dg.TableSchema(
 )
 
 
-@dg.asset(
+@hourly_asset(
     deps=[staged_inventory_events],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="ledger",
     kinds={"duckdb"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/column_schema": LEDGER_SCHEMA, "dagster/table_name": "ledger.transaction_ledger"},
 )
 def transaction_ledger(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -8,39 +8,17 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pika
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
+from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.queue_depth import ROLES, HourDepth, hour_depth
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.messaging import dlq
-from invsync_pipeline.messaging.staged_log import hour_bounds
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
-from invsync_pipeline.settings import Settings
 from invsync_pipeline.warehouse import SQL_DIR
 
 OPS_SCHEMA_FILE: Path = SQL_DIR / "schema" / "ops.sql"
 SECONDS_PER_HOUR = 3600
-
-
-def event_time_of(parked: dlq.Parked) -> datetime | None:
-    """The parked message's event timestamp in UTC, or None when it has none or it cannot be read."""
-    try:
-        ts = datetime.fromisoformat((parked.event_time or "").replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    return ts.astimezone(UTC) if ts.tzinfo else None
-
-
-def read_parking(settings: Settings) -> list[dlq.Parked]:
-    """Every parked message, left in place. Raises ConnectionError or pika's AMQPError when the
-    broker (or its parking queue) cannot be reached."""
-    return dlq.browse(settings)
-
-
-PARKING_UNREACHABLE = (ConnectionError, pika.exceptions.AMQPError)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -89,13 +67,10 @@ def queue_depth_metadata(depth: HourDepth) -> dict[str, object]:
     return metadata
 
 
-@dg.asset(
+@hourly_asset(
     deps=[dg.AssetKey("staged_inventory_events")],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="operations",
     kinds={"duckdb", "sqlite"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "ops.flow_metrics"},
 )
 def flow_metrics(
@@ -130,11 +105,11 @@ def _flow_metrics_hour(
     reasons: Counter[str] = Counter()
     parking_read = True
     try:
-        for parked in read_parking(settings):
-            ts = event_time_of(parked)
+        for parked in dlq.browse(settings):
+            ts = parked.event_at
             if ts is not None and start <= ts < end:
                 reasons[parked.reason] += 1
-    except PARKING_UNREACHABLE as exc:
+    except dlq.BROKER_UNREACHABLE as exc:
         parking_read = False
         context.log.warning(f"parking queue not read, dead letters reported as 0: {exc}")
         notes.append(f"parking queue not read (broker unreachable), dead letters reported as 0: {exc}")

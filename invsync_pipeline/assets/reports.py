@@ -13,12 +13,10 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
+from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.assets.variances import variance_investigation
-from invsync_pipeline.messaging.staged_log import hour_bounds
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import sql
 
@@ -52,15 +50,12 @@ class HourFigures:
         return 100.0 * self.in_agreement / self.material_locations if self.material_locations else 100.0
 
 
-@dg.asset(
+@hourly_asset(
     # auto_corrections by key: the report only reads recon.corrections after it, and a key keeps
     # this module from importing the corrections module.
     deps=[variance_investigation, dg.AssetKey("auto_corrections")],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "html"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "recon.variance_report"},
 )
 def variance_report(

@@ -12,10 +12,8 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, each_hour
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
-from invsync_pipeline.messaging.staged_log import hour_bounds
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.assets.hours import each_hour, hourly_asset
+from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import ErpResource, MesResource, WarehouseResource
 
 
@@ -39,12 +37,9 @@ def _replace(conn, table: str, hour_start: datetime, frame: pd.DataFrame) -> Non
         conn.unregister("incoming")
 
 
-@dg.asset(
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
+@hourly_asset(
     group_name="reconciliation",
     kinds={"duckdb", "sqlalchemy"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "snapshots.erp_inventory"},
 )
 def erp_inventory_snapshot(
@@ -155,12 +150,9 @@ def _erp_inventory_snapshot_hour(
     )
 
 
-@dg.asset(
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
+@hourly_asset(
     group_name="reconciliation",
     kinds={"duckdb", "api"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "snapshots.mes_inventory"},
 )
 def mes_inventory_snapshot(

@@ -6,13 +6,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk
-from invsync_pipeline.messaging.staged_log import StagedEventLog, hour_bounds
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
+from invsync_pipeline.messaging.staged_log import StagedEventLog
+from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import sql
-
-DUCKDB_WRITER_POOL = "duckdb_writer"
 
 STAGED_EVENTS_SCHEMA = dg.TableSchema(
     columns=[
@@ -39,12 +37,9 @@ STAGED_EVENTS_SCHEMA = dg.TableSchema(
 )
 
 
-@dg.asset(
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
+@hourly_asset(
     group_name="staging",
     kinds={"duckdb", "rabbitmq"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/column_schema": STAGED_EVENTS_SCHEMA, "dagster/table_name": "staging.inventory_events"},
 )
 def staged_inventory_events(

@@ -7,14 +7,12 @@ from itertools import groupby
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import SINGLE_RUN, chunk_bounds, each_chunk, each_hour
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, each_hour, hourly_asset
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.cutover.scope import scope_on
-from invsync_pipeline.messaging.staged_log import hour_bounds
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.mes import MesApi
@@ -22,13 +20,10 @@ from invsync_pipeline.sources.systems import Systems
 from invsync_pipeline.warehouse import sql
 
 
-@dg.asset(
+@hourly_asset(
     deps=[transaction_ledger, erp_inventory_snapshot, mes_inventory_snapshot],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "recon.variances"},
 )
 def inventory_variances(
@@ -148,13 +143,10 @@ def _mes_applied_now(mes: MesApi, start: datetime) -> pd.DataFrame:
                          "applied_at": "datetime64[us, UTC]"})  # fmt: skip
 
 
-@dg.asset(
+@hourly_asset(
     deps=[inventory_variances],
-    partitions_def=hourly_partitions,
-    backfill_policy=SINGLE_RUN,
     group_name="reconciliation",
     kinds={"duckdb", "rabbitmq"},
-    pool=DUCKDB_WRITER_POOL,
     metadata={"dagster/table_name": "recon.variance_investigation"},
 )
 def variance_investigation(

@@ -15,10 +15,11 @@ import dagster as dg
 
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
+from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.checks import expectations as ex
-from invsync_pipeline.messaging.staged_log import hour_bounds, partition_key_of
+from invsync_pipeline.partitions import hour_bounds, partition_key_of
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL
 
 # Share of material-locations whose ERP and MES books agree in an hour, in %. INVSYNC_ACCURACY_GOAL
 # overrides it per deployment (a percentage, e.g. 99.0).

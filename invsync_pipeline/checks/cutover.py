@@ -4,9 +4,9 @@ import dagster as dg
 
 from invsync_pipeline.assets.cutover import cutover_comparison
 from invsync_pipeline.assets.metadata import md_table
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL
 from invsync_pipeline.cutover.readiness import readiness, trend_svg
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL
 
 
 @dg.asset_check(asset=cutover_comparison, blocking=False, pool=DUCKDB_WRITER_POOL)

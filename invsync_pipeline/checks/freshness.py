@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from invsync_pipeline.assets.metrics import PARKING_UNREACHABLE, event_time_of, flow_metrics, read_parking
-from invsync_pipeline.assets.staging import DUCKDB_WRITER_POOL, staged_inventory_events
+from invsync_pipeline.assets.metrics import flow_metrics
+from invsync_pipeline.assets.staging import staged_inventory_events
+from invsync_pipeline.messaging import dlq
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.settings import clock_window
+from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL
 
 _OLDEST_LISTED = 5
 
@@ -70,15 +72,15 @@ def parking_not_stale(context: dg.AssetCheckExecutionContext, invsync: InvsyncRe
     now = datetime.now(UTC)
     cutoff = now - timedelta(hours=max_hours)
     try:
-        parked = read_parking(invsync.settings())
-    except PARKING_UNREACHABLE as exc:
+        parked = dlq.browse(invsync.settings())
+    except dlq.BROKER_UNREACHABLE as exc:
         context.log.warning(f"parking queue not read: {exc}")
         return dg.AssetCheckResult(
             passed=False,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"max_hours": max_hours, "note": f"parking queue not read (broker unreachable): {exc}"},
         )
-    timed = [(ts, p) for p in parked if (ts := event_time_of(p)) is not None]
+    timed = [(ts, p) for p in parked if (ts := p.event_at) is not None]
     stale = sorted(((ts, p) for ts, p in timed if ts < cutoff), key=lambda item: item[0])
     lines = ["| transaction_id | event time | hours parked since event | reason |", "|---|---|---|---|"]
     lines += [

@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS dlq_audit (
 """
 
 
+# What browsing the parking queue raises when the broker (or the queue) cannot be reached.
+BROKER_UNREACHABLE = (ConnectionError, pika.exceptions.AMQPError)
+
+
 @dataclass(frozen=True)
 class Parked:
     position: int
@@ -58,6 +62,15 @@ class Parked:
     event_time: str | None
     body: bytes
     headers: dict[str, Any]
+
+    @property
+    def event_at(self) -> datetime | None:
+        """The event timestamp in UTC, or None when it has none or it cannot be read."""
+        try:
+            ts = datetime.fromisoformat((self.event_time or "").replace("Z", "+00:00").replace("z", "+00:00"))
+        except (ValueError, OverflowError):
+            return None
+        return ts.astimezone(UTC) if ts.tzinfo else None
 
     def summary(self) -> dict[str, Any]:
         return {

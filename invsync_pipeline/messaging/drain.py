@@ -30,14 +30,9 @@ import pika.exceptions
 
 from invsync_pipeline.contract import ContractLimits, ContractViolation, InventoryEvent, parse_event
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
-from invsync_pipeline.messaging.staged_log import (
-    QuarantinedMessage,
-    StagedEventLog,
-    new_segment_id,
-    partition_key_of,
-    utc_now_iso,
-)
+from invsync_pipeline.messaging.staged_log import QuarantinedMessage, StagedEventLog, new_segment_id, utc_now_iso
 from invsync_pipeline.messaging.topology import build_topology
+from invsync_pipeline.partitions import partition_key_of
 from invsync_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

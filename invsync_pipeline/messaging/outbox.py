@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from invsync_pipeline.contract import InventoryEvent
-from invsync_pipeline.messaging.outbox_publisher import _FlushLock, _FlushRun
+from invsync_pipeline.messaging.outbox_publisher import FlushLock, FlushRun
 from invsync_pipeline.messaging.outbox_results import (
     BrokerLost,
     EnqueueResult,
@@ -82,20 +82,20 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
         # the statements we mean (enqueue is all-or-nothing).
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        mode = _journal_mode_wal(self._db)
+        self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        mode = _journal_mode_wal(self.db)
         if mode.lower() != "wal":
             raise OutboxError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); put INVSYNC_HOME on a local disk")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
-        self._exchange = build_topology(settings).exchange
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(_SCHEMA)
+        self.exchange = build_topology(settings).exchange
 
     # --- buffer ---------------------------------------------------------------------------
     def enqueue(self, events: Iterable[InventoryEvent]) -> EnqueueResult:
         """Buffer events durably, all or nothing; a transaction_id already buffered is a no-op."""
         now = time.time()
         batch = list(events)
-        db = self._db
+        db = self.db
         # IMMEDIATE takes the write lock now, so the duplicate and capacity checks below hold
         # until COMMIT even with other processes enqueueing into the same file.
         db.execute("BEGIN IMMEDIATE")
@@ -137,15 +137,15 @@ class Outbox:
             chunk = ids[i : i + 900]
             marks = ",".join("?" * len(chunk))
             query = f"SELECT transaction_id FROM outbox WHERE transaction_id IN ({marks})"
-            found.update(row[0] for row in self._db.execute(query, chunk))
+            found.update(row[0] for row in self.db.execute(query, chunk))
         return found
 
     def pending_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
     def status(self) -> OutboxStatus:
-        oldest, newest = self._db.execute("SELECT min(enqueued_at), max(enqueued_at) FROM outbox").fetchone()
-        keys = dict(self._db.execute("SELECT routing_key, count(*) FROM outbox GROUP BY routing_key ORDER BY 2 DESC"))
+        oldest, newest = self.db.execute("SELECT min(enqueued_at), max(enqueued_at) FROM outbox").fetchone()
+        keys = dict(self.db.execute("SELECT routing_key, count(*) FROM outbox GROUP BY routing_key ORDER BY 2 DESC"))
 
         def as_dt(ts: float | None) -> datetime | None:
             return datetime.fromtimestamp(ts, UTC) if ts is not None else None
@@ -162,8 +162,8 @@ class Outbox:
         published, backoff = 0, 0.5
         while not stop.is_set():
             try:
-                with _FlushLock(self.path.with_name(self.path.name + ".flush-lock")):
-                    run = _FlushRun(self, None, follow=(stop, poll_seconds))
+                with FlushLock(self.path.with_name(self.path.name + ".flush-lock")):
+                    run = FlushRun(self, None, follow=(stop, poll_seconds))
                     run.run()
                 published += run.published
                 if run.error is not None:
@@ -183,8 +183,8 @@ class Outbox:
         PublishNacked on a nack, OutboxBusy when another flush holds the lock. In every case
         the events not confirmed are still buffered.
         """
-        with _FlushLock(self.path.with_name(self.path.name + ".flush-lock")):
-            run = _FlushRun(self, max_seconds)
+        with FlushLock(self.path.with_name(self.path.name + ".flush-lock")):
+            run = FlushRun(self, max_seconds)
             run.run()
         result = FlushResult(run.published, self.pending_count(), time.monotonic() - run.started,
                              run.stopped_because)  # fmt: skip
@@ -243,7 +243,7 @@ class Outbox:
         return FlushResult(published, pending, time.monotonic() - started, reason)
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     def __enter__(self) -> Outbox:
         return self

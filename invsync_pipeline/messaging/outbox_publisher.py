@@ -1,8 +1,8 @@
 """The outbox's AMQP publishing machinery: the flush lock and one flush run on a pika SelectConnection.
 
 ``Outbox`` in ``outbox.py`` owns the durable SQLite store and the public API; its ``flush`` and
-``relay`` take a ``_FlushLock`` (a file lock, so only one process flushes a file at a time) and
-hand the ``Outbox`` to a ``_FlushRun``, which reads its rows in ``seq`` order, publishes them with
+``relay`` take a ``FlushLock`` (a file lock, so only one process flushes a file at a time) and
+hand the ``Outbox`` to a ``FlushRun``, which reads its rows in ``seq`` order, publishes them with
 up to ``outbox.confirm_window`` unconfirmed at once, and deletes each row only after the broker
 acked it. Nothing here is public: callers use ``Outbox`` and catch the errors from
 ``outbox_results.py``, which this module raises.
@@ -45,7 +45,9 @@ _DELETE_EVERY_SECONDS = 0.25
 _CONFIRM_GRACE_SECONDS = 30.0
 
 
-class _FlushLock:
+class FlushLock:
+    """The outbox file's flush lock: one flusher at a time, or the publish order interleaves."""
+
     def __init__(self, path: Path):
         self.path = path
         self._file = None
@@ -66,7 +68,7 @@ class _FlushLock:
         self._file.close()
 
 
-class _FlushRun:
+class FlushRun:
     """One flush on a SelectConnection: pipelined publishes, deletes driven by confirms."""
 
     def __init__(self, outbox: Outbox, max_seconds: float | None,
@@ -75,9 +77,9 @@ class _FlushRun:
         # follow: (stop event, poll seconds) -- keep polling for new rows instead of ending.
         self.follow = follow
         self.poll_scheduled = False
-        self.db = outbox._db
+        self.db = outbox.db
         self.settings = outbox.settings
-        self.exchange = outbox._exchange
+        self.exchange = outbox.exchange
         self.window = self.settings.outbox.confirm_window
         self.max_seconds = max_seconds
         self.started = time.monotonic()

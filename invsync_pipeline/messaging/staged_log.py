@@ -23,19 +23,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from invsync_pipeline.messaging.amqp_headers import as_json, headers_as_json
+from invsync_pipeline.partitions import PARTITION_FORMAT
 
-PARTITION_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
 HOUR_DIR_FORMAT = "%Y-%m-%dT%H"
-
-
-def partition_key_of(ts: datetime) -> str:
-    """The hourly partition key (UTC) of a timestamp."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%d-%H:00")
 
 
 def hour_dir_name(partition_key: str) -> str:
@@ -44,11 +39,6 @@ def hour_dir_name(partition_key: str) -> str:
 
 def partition_key_of_dir(name: str) -> str:
     return datetime.strptime(name, HOUR_DIR_FORMAT).strftime(PARTITION_FORMAT)
-
-
-def hour_bounds(partition_key: str) -> tuple[datetime, datetime]:
-    start = datetime.strptime(partition_key, PARTITION_FORMAT).replace(tzinfo=UTC)
-    return start, start + timedelta(hours=1)
 
 
 def new_segment_id() -> str:

@@ -141,8 +141,10 @@ def rabbitmqctl_target(settings: Settings) -> tuple[str, str | None] | None:
     cfg = settings.monitoring
     if not cfg.rabbitmqctl:
         return None
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])  # sbin: not on every PATH
-    path = shutil.which("rabbitmqctl", path=search)
+    # On the PATH, else in an sbin directory (not on every PATH).
+    path = shutil.which("rabbitmqctl") or shutil.which(
+        "rabbitmqctl", path=os.pathsep.join(("/usr/sbin", "/usr/local/sbin"))
+    )
     if path is None:
         return None
     if cfg.rabbitmqctl_node:

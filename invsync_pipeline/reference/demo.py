@@ -122,7 +122,7 @@ def run_demo(
     *, hours: int = 3, seed: int = 7, plant_size: str = "small", faults: str = "default", log=print
 ) -> DemoResult:
     from invsync_pipeline.definitions import build_defs
-    from invsync_pipeline.messaging.staged_log import hour_bounds
+    from invsync_pipeline.partitions import hour_bounds
     from invsync_pipeline.reference.ground_truth import ground_truth
     from invsync_pipeline.reference.mes_client import ReferenceMesClient
     from invsync_pipeline.reference.mes_publisher import MesPublisher

@@ -17,7 +17,7 @@ from decimal import Decimal
 from itertools import count
 
 from invsync_pipeline.contract import InventoryEvent, parse_event
-from invsync_pipeline.messaging.staged_log import partition_key_of
+from invsync_pipeline.partitions import partition_key_of
 from invsync_pipeline.reference.faults import FAULT_KINDS, FAULT_TYPES, FaultProfile, resolve_profile
 from invsync_pipeline.reference.plant import ACTIVITY, SMALLER_UNIT, WAREHOUSES, Material, Plant, build_plant
 from invsync_pipeline.reference.sim_model import (

@@ -17,9 +17,9 @@ import dagster as dg
 from invsync_pipeline.jobs import stage_and_ledger_job
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.drain import drain_ledger_tap
-from invsync_pipeline.messaging.staged_log import StagedEventLog, hour_bounds
+from invsync_pipeline.messaging.staged_log import StagedEventLog
 from invsync_pipeline.messaging.topology import apply_topology
-from invsync_pipeline.partitions import hourly_partitions
+from invsync_pipeline.partitions import hour_bounds, hourly_partitions
 from invsync_pipeline.resources import InvsyncResource
 
 
