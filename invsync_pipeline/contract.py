@@ -175,6 +175,14 @@ def instant_text(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def instant_of(text: str) -> datetime:
+    """An RFC 3339 instant a system wrote (Z or an offset) as an aware datetime; ValueError if it is not one."""
+    moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no offset; an instant needs one (Z for UTC)")
+    return moment
+
+
 def routing_key(warehouse: str, material_type: str, transaction_type: str) -> str:
     """``inventory.{warehouse}.{material_type}.{transaction_type}``, lower case."""
     for name, token in (("warehouse", warehouse), ("material_type", material_type),
@@ -378,6 +386,7 @@ def json_schema() -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_LIMITS", "MAX_JSON_DEPTH", "MAX_NUMBER_CHARS", "MOVEMENT_TYPES", "NO_HORIZON", "PUBLISHED_MS_HEADER",
-    "ContractLimits", "ContractViolation", "InventoryEvent", "best_effort_fields", "instant_text", "json_schema",
+    "ContractLimits", "ContractViolation", "InventoryEvent", "best_effort_fields", "instant_of", "instant_text",
+    "json_schema",
     "parse_event", "routing_key", "try_parse_event",
 ]  # fmt: skip

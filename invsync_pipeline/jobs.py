@@ -1,13 +1,12 @@
 """Jobs that sensors, schedules and backfills launch."""
 
-from datetime import datetime
-
 import dagster as dg
 
 from invsync_pipeline.assets.cutover import cutover_comparison
 from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.staging import staged_inventory_events
+from invsync_pipeline.contract import instant_of
 from invsync_pipeline.cutover.batch_sync import run_batch_sync
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource
 
@@ -43,7 +42,7 @@ def copy_erp_stock_to_mes(
     mes: MesResource,
 ) -> None:  # fmt: skip
     """Copy ERP stock to the live MES: what the old batch sync does, kept running during shadow mode."""
-    at = datetime.fromisoformat(config.at.replace("Z", "+00:00")) if config.at else None
+    at = instant_of(config.at) if config.at else None
     live, books = mes.open("live"), erp.open()
     try:
         summary = run_batch_sync(invsync.settings(), live, books, at)

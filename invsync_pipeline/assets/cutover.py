@@ -14,6 +14,7 @@ import pandas as pd
 
 from invsync_pipeline.assets.hours import SINGLE_RUN
 from invsync_pipeline.assets.metadata import md_table
+from invsync_pipeline.contract import instant_of
 from invsync_pipeline.cutover.routing import mode_at
 from invsync_pipeline.cutover.scope import scope_label, scope_on
 from invsync_pipeline.partitions import daily_partitions
@@ -58,7 +59,7 @@ def read_day_end(
         held = mes_balances(event_client, end)
         stock += _stock_rows(day, "event_driven", held, types, taken_at, _source(event_client))
         for row in event_client.applied_transactions(since=start):
-            ts = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
+            ts = instant_of(row["timestamp"])
             if row["status"] == "applied" and start <= ts < end:
                 moves += [(day, "event_driven", row["transaction_id"], ts, mv["material_number"], mv["location"],
                            mv["unit"]) for mv in row.get("movements", [])]  # fmt: skip

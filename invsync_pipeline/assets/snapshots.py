@@ -13,6 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from invsync_pipeline.assets.hours import each_hour, hourly_asset
+from invsync_pipeline.contract import instant_of
 from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import ErpResource, MesResource, WarehouseResource
 
@@ -178,11 +179,7 @@ def _mes_inventory_snapshot_hour(
     with closing(mes_resource.event_path(min(end, taken_at))) as mes:
         begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}
         finish = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=end)}
-        applied = [
-            row
-            for row in mes.applied_transactions(since=start)
-            if start <= datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")) < end
-        ]
+        applied = [row for row in mes.applied_transactions(since=start) if start <= instant_of(row["timestamp"]) < end]
     keys = sorted(set(begin) | set(finish))
     snapshot = pd.DataFrame(
         [
@@ -215,8 +212,8 @@ def _mes_inventory_snapshot_hour(
             row["transaction_id"],
             row.get("mes_transaction_id"),
             row["status"],
-            datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00")),
-            datetime.fromisoformat(row["applied_at"].replace("Z", "+00:00")),
+            instant_of(row["timestamp"]),
+            instant_of(row["applied_at"]),
             mv["material_number"],
             mv["location"],
             mv["unit"],

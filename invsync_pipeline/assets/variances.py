@@ -11,6 +11,7 @@ from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, each_hour, h
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
+from invsync_pipeline.contract import instant_of
 from invsync_pipeline.cutover.scope import scope_on
 from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
@@ -116,7 +117,7 @@ def _backlog_frame(settings, start: datetime, observed: datetime, log) -> pd.Dat
     unread = lambda exc: log.warning(f"queues not read, the outbox and the quarantine were: {exc}")  # noqa: E731
     for held in browse_backlog(settings, on_broker_error=unread):
         try:
-            ts = datetime.fromisoformat(held.timestamp.replace("Z", "+00:00").replace("z", "+00:00"))
+            ts = instant_of(held.timestamp)
             if ts.tzinfo is not None and ts >= start + timedelta(hours=1):
                 continue  # a later hour's: it explains nothing here
         except (AttributeError, ValueError, OverflowError):
@@ -131,7 +132,7 @@ def _mes_applied_now(mes: MesApi, start: datetime) -> pd.DataFrame:
     """The MES applied log as it is now, for telling a sync gap from a lost event. Only ids
     applied after the hour's snapshot matter, but the log since the hour's start is small."""
     rows = [
-        (row["transaction_id"], datetime.fromisoformat(row["applied_at"].replace("Z", "+00:00")))
+        (row["transaction_id"], instant_of(row["applied_at"]))
         for row in mes.applied_transactions(since=start)
         if row["status"] == "applied"
     ]

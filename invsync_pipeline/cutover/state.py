@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from invsync_pipeline.contract import instant_of
 from invsync_pipeline.settings import Settings
 
 MODES = ("shadow", "live")
@@ -54,7 +55,7 @@ def _text(moment: datetime) -> str:
 
 
 def _instant(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    return instant_of(text) if text else None
 
 
 class SwitchRefused(RuntimeError):

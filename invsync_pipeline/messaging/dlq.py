@@ -20,7 +20,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from invsync_pipeline.contract import ContractLimits, ContractViolation, best_effort_fields, parse_event
+from invsync_pipeline.contract import ContractLimits, ContractViolation, best_effort_fields, instant_of, parse_event
 from invsync_pipeline.messaging.amqp_headers import why_not_republishable
 from invsync_pipeline.messaging.connection import connect
 from invsync_pipeline.messaging.retry import FAILED_QUEUE_HEADER, REASON_HEADER, RETRIES_HEADER, retries_so_far
@@ -67,7 +67,7 @@ class Parked:
     def event_at(self) -> datetime | None:
         """The event timestamp in UTC, or None when it has none or it cannot be read."""
         try:
-            ts = datetime.fromisoformat((self.event_time or "").replace("Z", "+00:00").replace("z", "+00:00"))
+            ts = instant_of(self.event_time or "")
         except (ValueError, OverflowError):
             return None
         return ts.astimezone(UTC) if ts.tzinfo else None
@@ -97,7 +97,7 @@ class Filters:
             return False
         if self.since or self.until:
             try:
-                ts = datetime.fromisoformat((p.event_time or "").replace("Z", "+00:00"))
+                ts = instant_of(p.event_time or "")
                 if (self.since and ts < self.since) or (self.until and ts >= self.until):
                     return False
             except (ValueError, TypeError, OverflowError):  # not an instant (or one without offset)

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 import pika
 import pika.exceptions
 
-from invsync_pipeline.contract import ContractLimits, ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.contract import ContractLimits, ContractViolation, InventoryEvent, instant_text, parse_event
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.staged_log import QuarantinedMessage, StagedEventLog, new_segment_id, utc_now_iso
 from invsync_pipeline.messaging.topology import build_topology
@@ -257,7 +257,7 @@ def _published_at(timestamp: object) -> str | None:
     if not timestamp:
         return None
     try:
-        return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")  # type: ignore[arg-type]
+        return instant_text(datetime.fromtimestamp(timestamp, UTC))  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError, OSError):
         return None
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from invsync_pipeline.contract import instant_text
 from invsync_pipeline.messaging.amqp_headers import as_json, headers_as_json
 from invsync_pipeline.partitions import PARTITION_FORMAT
 
@@ -183,4 +184,4 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def utc_now_iso() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return instant_text(datetime.now(UTC))

@@ -29,7 +29,7 @@ from decimal import Decimal
 
 import duckdb
 
-from invsync_pipeline.contract import NO_HORIZON, InventoryEvent, parse_event
+from invsync_pipeline.contract import NO_HORIZON, InventoryEvent, instant_text, parse_event
 from invsync_pipeline.recon.alerts import raise_alert
 from invsync_pipeline.recon.rules import Rules
 from invsync_pipeline.settings import Settings
@@ -174,7 +174,7 @@ def correction_event(c: Correction, effective_at: datetime) -> InventoryEvent:
         {
             "schema_version": "1",
             "transaction_id": c.correction_id,
-            "timestamp": effective_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": instant_text(effective_at),
             "source_system": "RECON",
             "target_system": c.target_system,
             "material_number": c.material_number,

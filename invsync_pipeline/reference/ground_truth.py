@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from invsync_pipeline.contract import instant_text
 from invsync_pipeline.reference.mes_client import ReferenceMesClient
 from invsync_pipeline.reference.sim_model import Simulation
 from invsync_pipeline.settings import Settings
@@ -106,7 +107,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return instant_text(datetime.now(UTC))
 
 
 def record_plan(settings: Settings, sim: Simulation) -> Path:
@@ -121,7 +122,7 @@ def record_plan(settings: Settings, sim: Simulation) -> Path:
             db.execute(f"DELETE FROM {table} WHERE run_id = ?", (sim.run_id,))
         db.execute(
             "INSERT INTO simulation_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, NULL, ?)",
-            (sim.run_id, sim.seed, sim.start.isoformat().replace("+00:00", "Z"), sim.hours, sim.plant.size,
+            (sim.run_id, sim.seed, instant_text(sim.start), sim.hours, sim.plant.size,
              sim.profile.name, json.dumps(sim.profile.counts), _now(), len(sim.events),
              len({f.fault_id for f in sim.faults}), settings.namespace),
         )  # fmt: skip
@@ -138,7 +139,7 @@ def record_plan(settings: Settings, sim: Simulation) -> Path:
             sent_quantity = format(sent.quantity, "f") if sent else None
             if planned.sent_body is not None:
                 sent_quantity = json.loads(planned.sent_body)["quantity"]
-            rows.append((sim.run_id, seq, e.transaction_id, e.timestamp.isoformat().replace("+00:00", "Z"),
+            rows.append((sim.run_id, seq, e.transaction_id, instant_text(e.timestamp),
                          e.timestamp.strftime("%Y-%m-%d-%H:00"), e.source_system, e.material_number,
                          e.material_type, e.transaction_type, e.reason, e.movement_type, format(e.quantity, "f"),
                          e.unit, e.location, e.to_location, e.erp_reference, int(planned.in_erp), planned.in_mes,

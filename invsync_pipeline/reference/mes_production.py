@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from invsync_pipeline.contract import ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.contract import ContractViolation, InventoryEvent, instant_text, parse_event
 from invsync_pipeline.reference.mes_http import error_response
 from invsync_pipeline.reference.mes_store import MesStore
 
@@ -68,7 +68,7 @@ def production_routes(store: MesStore, publish: Publish | None) -> list[Route]:
         message = {
             "schema_version": "1",
             "transaction_id": body.get("transaction_id") or f"MES-BF-{uuid.uuid4()}",
-            "timestamp": body.get("timestamp") or datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": body.get("timestamp") or instant_text(datetime.now(UTC)),
             "source_system": "MES",
             "material_number": body["material_number"],
             "material_type": body["material_type"],

@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from invsync_pipeline.contract import ContractViolation, InventoryEvent, parse_event, try_parse_event
+from invsync_pipeline.contract import ContractViolation, InventoryEvent, instant_text, parse_event, try_parse_event
 from invsync_pipeline.reference.mes_http import BearerAuth, FaultInjector, error_response, jsonable
 from invsync_pipeline.reference.mes_openapi import openapi_document
 from invsync_pipeline.reference.mes_production import production_routes
@@ -149,7 +149,7 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
             page_size=_page_size(params),
             page_token=params.get("page_token"),
         )
-        stamp = (as_of or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
+        stamp = instant_text(as_of or datetime.now(UTC))
         return JSONResponse({"items": items, "next_page_token": next_token, "as_of": stamp})
 
     async def get_transactions(request: Request) -> Response:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from invsync_pipeline.contract import InventoryEvent, parse_event
+from invsync_pipeline.contract import InventoryEvent, instant_text, parse_event
 from invsync_pipeline.cutover.batch_sync import run_batch_sync
 from invsync_pipeline.cutover.scope import scope_on
 from invsync_pipeline.cutover.switch import seed_from_erp
@@ -98,7 +98,7 @@ class _Plant:
                             "transfer": ("stock_transfer", "311")}[kind]  # fmt: skip
         return parse_event({
             "schema_version": "1", "transaction_id": f"SHADOW-{self.period.seed}-{self.count:07d}",
-            "timestamp": at.isoformat().replace("+00:00", "Z"), "source_system": "ERP",
+            "timestamp": instant_text(at), "source_system": "ERP",
             "material_number": material, "material_type": material_type, "quantity": str(qty),
             "unit": _UNIT[material_type], "transaction_type": kind if kind in ("receipt", "transfer") else "issue",
             "reason": reason, "erp_reference": f"49{self.count:08d}", "movement_type": movement, **extra,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from invsync_pipeline.contract import instant_text
 from invsync_pipeline.messaging.topology import apply_topology
 from invsync_pipeline.reference.faults import FAULT_KINDS, FAULT_TYPES, FaultProfile, FaultProfileError
 from invsync_pipeline.reference.ground_truth import compare_stock, ground_truth, planned_events
@@ -66,7 +67,7 @@ class SimulateReport:
     def summary(self) -> dict:
         r = self.result
         out = {
-            "run_id": r.run_id, "seed": self.sim.seed, "start": self.sim.start.isoformat().replace("+00:00", "Z"),
+            "run_id": r.run_id, "seed": self.sim.seed, "start": instant_text(self.sim.start),
             "hours": self.sim.hours, "plant_size": self.sim.plant.size, "profile": self.sim.profile.name,
             "events": r.events, "erp_postings": r.erp_postings, "backflushes": r.backflushes,
             "published": r.published, "unpublished_backflushes": len(r.unpublished_backflushes),

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from invsync_pipeline.contract import MOVEMENT_TYPES, ContractViolation, InventoryEvent, parse_event
+from invsync_pipeline.contract import MOVEMENT_TYPES, ContractViolation, InventoryEvent, instant_text, parse_event
 
 DEBIT, CREDIT = "S", "H"  # SHKZG: S adds to stock, H takes from it
 
@@ -171,7 +171,7 @@ def _base(row: Mapping[str, Any], kind: str, quantity: Decimal, code: str | None
     timestamp: datetime = row["entry_timestamp"]
     draft: dict[str, Any] = {
         "schema_version": "1",
-        "timestamp": timestamp.isoformat().replace("+00:00", "Z"),
+        "timestamp": instant_text(timestamp),
         "source_system": "ERP",
         "material_number": row["material"],
         "quantity": format(quantity, "f"),

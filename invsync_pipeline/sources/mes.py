@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from invsync_pipeline.contract import InventoryEvent
+from invsync_pipeline.contract import InventoryEvent, instant_text
 from invsync_pipeline.settings import Settings
 
 TOKEN_ENV = "INVSYNC_MES_TOKEN"
@@ -115,7 +115,7 @@ def instant_param(value: datetime | str | None, name: str) -> str | None:
         return value
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware (a naive datetime is ambiguous); use datetime.now(UTC)")
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return instant_text(value)
 
 
 class MesClient:
