@@ -5,48 +5,36 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from invsync_pipeline.settings import MATERIAL_TYPES, load_settings
+from invsync_pipeline.cli.errors import Failure
+from invsync_pipeline.cli.options import INSTANT, erp_resource, mes_resource, settings
+from invsync_pipeline.settings import MATERIAL_TYPES
+
+if TYPE_CHECKING:
+    from invsync_pipeline.cutover.readiness import Readiness
+    from invsync_pipeline.settings import Settings
 
 
-def _settings(ctx: click.Context):
-    return load_settings(ctx.obj.get("config_path"))
+def _systems(ctx: click.Context) -> dict[str, Any]:
+    """The ERP and MES resources as the cutover's steps take them (``erp=``, ``mes=``)."""
+    return {"erp": erp_resource(ctx), "mes": mes_resource(ctx)}
 
 
-def _systems(ctx: click.Context) -> dict:
-    """The ERP and MES resources, on the same config file as the settings."""
-    from invsync_pipeline.resources import ErpResource, MesResource
-
-    path = ctx.obj.get("config_path")
-    return {"erp": ErpResource(config_path=path), "mes": MesResource(config_path=path)}
-
-
-def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise click.BadParameter(f"{value!r} is not an RFC 3339 instant with an offset, e.g. 2026-11-24T10:00:00Z")
-    return moment.astimezone(UTC)
-
-
-def _readiness(settings):
+def _readiness(config: Settings) -> tuple[Readiness | None, str | None]:
     """The go-live gate from the warehouse (read-only), or None with why it cannot be read."""
     import duckdb
 
     from invsync_pipeline.cutover.readiness import readiness
     from invsync_pipeline.warehouse import open_warehouse
 
-    if not settings.warehouse_path.exists():
-        return None, f"no warehouse at {settings.warehouse_path}: materialize cutover_comparison first"
+    if not config.warehouse_path.exists():
+        return None, f"no warehouse at {config.warehouse_path}: materialize cutover_comparison first"
     try:
-        with open_warehouse(settings.warehouse_path, read_only=True) as conn:
-            return readiness(conn, settings), None
+        with open_warehouse(config.warehouse_path, read_only=True) as conn:
+            return readiness(conn, config), None
     except duckdb.CatalogException:
         return None, "the warehouse has no cutover tables yet: materialize cutover_comparison first"
     except duckdb.IOException as exc:
@@ -65,13 +53,13 @@ def status(ctx: click.Context) -> None:
     from invsync_pipeline.cutover.scope import scope_label, scope_on
     from invsync_pipeline.cutover.state import CutoverState
 
-    settings = _settings(ctx)
-    with CutoverState(settings) as state:
+    config = settings(ctx)
+    with CutoverState(config) as state:
         mode = state.current()
         workers = state.workers()
         history = state.history()
     today = datetime.now(UTC).date()
-    click.echo(f"event-driven path: {mode.mode}  (scope today: {scope_label(scope_on(settings, today))})")
+    click.echo(f"event-driven path: {mode.mode}  (scope today: {scope_label(scope_on(config, today))})")
     if mode.switching:
         s = mode.switching
         click.echo(f"switch {s.seq} under way since {s.requested_at:%Y-%m-%d %H:%M:%S}Z: {s.from_mode} -> {s.to_mode}")
@@ -83,7 +71,7 @@ def status(ctx: click.Context) -> None:
         click.echo(f"  #{s.seq} {s.status:9} {s.from_mode} -> {s.to_mode} at {when} by {s.requested_by}"
                    f"{' keys copied: ' + str(s.seeded_keys) if s.seeded_keys is not None else ''}"
                    f"{' (' + s.note + ')' if s.note else ''}")  # fmt: skip
-    result, why = _readiness(settings)
+    result, why = _readiness(config)
     click.echo(f"go-live gate: {result.summary() if result else why}")
 
 
@@ -95,12 +83,10 @@ def status(ctx: click.Context) -> None:
 @click.pass_context
 def go_live(ctx: click.Context, force: bool, note: str | None, pause_timeout: float) -> None:
     """Switch the event-driven path from the shadow MES to the live one (the batch sync stops for its scope)."""
-    settings = _settings(ctx)
-    result, why = _readiness(settings)
+    result, why = _readiness(settings(ctx))
     if not force and (result is None or not result.passed):
-        click.echo(f"invsync: not going live: {result.summary() if result else why}. "
-                   "Pass --force to switch anyway.", err=True)  # fmt: skip
-        sys.exit(1)
+        raise Failure(f"not going live: {result.summary() if result else why}. Pass --force to switch anyway.",
+                      exit_code=1)  # fmt: skip
     _switch(ctx, "live", note or ("forced past the gate" if force and not (result and result.passed) else None),
             pause_timeout)  # fmt: skip
 
@@ -115,14 +101,9 @@ def rollback(ctx: click.Context, note: str | None, pause_timeout: float) -> None
 
 
 def _switch(ctx: click.Context, to_mode: str, note: str | None, pause_timeout: float) -> None:
-    from invsync_pipeline.cutover.state import SwitchRefused
     from invsync_pipeline.cutover.switch import switch_to
 
-    try:
-        result = switch_to(_settings(ctx), to_mode, note=note, pause_timeout=pause_timeout, **_systems(ctx))
-    except SwitchRefused as exc:
-        click.echo(f"invsync: {exc}", err=True)
-        sys.exit(2)
+    result = switch_to(settings(ctx), to_mode, note=note, pause_timeout=pause_timeout, **_systems(ctx))
     click.echo(json.dumps({"switch": result.switch.seq, "mode": to_mode, "workers_paused": result.workers_paused,
                            "copied": result.seeded, "batch_sync": result.batch_sync}, default=str))  # fmt: skip
 
@@ -135,22 +116,21 @@ def abort(ctx: click.Context, seq: int, note: str) -> None:
     """Abort a switch whose command died; workers resume in the mode they had."""
     from invsync_pipeline.cutover.state import CutoverState
 
-    with CutoverState(_settings(ctx)) as state:
+    with CutoverState(settings(ctx)) as state:
         state.abort(seq, note)
     click.echo(f"switch {seq} aborted (if it was under way)")
 
 
 @cutover.command("batch-sync")
-@click.option("--at", callback=_instant, help="Copy the ERP stock as of this instant (default now).")
+@click.option("--at", type=INSTANT, help="Copy the ERP stock as of this instant (default now).")
 @click.pass_context
 def batch_sync(ctx: click.Context, at: datetime | None) -> None:
     """Run the old batch sync once: ERP stock -> the live MES."""
     from invsync_pipeline.cutover.batch_sync import run_batch_sync
 
-    systems = _systems(ctx)
-    live, books = systems["mes"].open("live"), systems["erp"].open()
+    live, books = mes_resource(ctx).open("live"), erp_resource(ctx).open()
     try:
-        summary = run_batch_sync(_settings(ctx), live, books, at)
+        summary = run_batch_sync(settings(ctx), live, books, at)
     finally:
         live.close()
         books.dispose()
@@ -162,13 +142,13 @@ def batch_sync(ctx: click.Context, at: datetime | None) -> None:
 @click.option("--to", "mode", type=click.Choice(["shadow", "live"]), default="shadow", show_default=True)
 @click.option("--type", "types", multiple=True, type=click.Choice(MATERIAL_TYPES),
               help="Material types to seed (default: every type).")  # fmt: skip
-@click.option("--at", callback=_instant, help="As of this instant (default now).")
+@click.option("--at", type=INSTANT, help="As of this instant (default now).")
 @click.pass_context
 def seed(ctx: click.Context, mode: str, types: tuple[str, ...], at: datetime | None) -> None:
     """Set an MES's stock to the ERP's: after fixing a problem found in shadow mode, or widening the scope."""
     from invsync_pipeline.cutover.switch import seed_from_erp
 
-    summary = seed_from_erp(_settings(ctx), mode, types or MATERIAL_TYPES, at, **_systems(ctx))
+    summary = seed_from_erp(settings(ctx), mode, types or MATERIAL_TYPES, at, **_systems(ctx))
     click.echo(json.dumps(summary, default=str))
     sys.exit(1 if summary.get("failed") else 0)
 
