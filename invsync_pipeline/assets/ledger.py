@@ -7,44 +7,18 @@ import dagster as dg
 from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.resources import WarehouseResource
+from invsync_pipeline.table_schemas import table_schema
 from invsync_pipeline.warehouse import sql
 
-_QTY = "DECIMAL(18,6)"
-LEDGER_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn("partition_hour", "TIMESTAMPTZ"),
-        dg.TableColumn("material_number", "VARCHAR"),
-        dg.TableColumn("material_type", "VARCHAR"),
-        dg.TableColumn("location", "VARCHAR"),
-        dg.TableColumn("unit", "VARCHAR"),
-        dg.TableColumn("source_system", "VARCHAR"),
-        dg.TableColumn("target_system", "VARCHAR", description="for RECON corrections"),
-        dg.TableColumn("receipts", _QTY),
-        dg.TableColumn("issues", _QTY),
-        dg.TableColumn("transfers_in", _QTY),
-        dg.TableColumn("transfers_out", _QTY),
-        dg.TableColumn("adjustments", _QTY, description="signed"),
-        dg.TableColumn(
-            "net_movement", _QTY, description="receipts - issues + transfers_in - transfers_out + adjustments"
-        ),  # fmt: skip
-        dg.TableColumn("last_counted_balance", _QTY, description="latest cycle count of the hour"),
-        dg.TableColumn("last_counted_at", "TIMESTAMPTZ"),
-        dg.TableColumn("receipt_count", "INTEGER"),
-        dg.TableColumn("issue_count", "INTEGER"),
-        dg.TableColumn("transfer_in_count", "INTEGER"),
-        dg.TableColumn("transfer_out_count", "INTEGER"),
-        dg.TableColumn("adjustment_count", "INTEGER"),
-        dg.TableColumn("cycle_count_count", "INTEGER"),
-        dg.TableColumn("transaction_count", "INTEGER"),
-    ]
-)
+LEDGER_TABLE = "ledger.transaction_ledger"
 
 
+# From the DDL at import, as staged_inventory_events does (see there why).
 @hourly_asset(
     deps=[staged_inventory_events],
     group_name="ledger",
     kinds={"duckdb"},
-    metadata={"dagster/column_schema": LEDGER_SCHEMA, "dagster/table_name": "ledger.transaction_ledger"},
+    metadata={"dagster/column_schema": table_schema(LEDGER_TABLE), "dagster/table_name": LEDGER_TABLE},
 )
 def transaction_ledger(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """What moved in the hour, per material x location x unit x source system.

@@ -20,6 +20,7 @@ from typing import Any, get_args
 import pandas as pd
 
 from invsync_pipeline.contract import MaterialType, Reason, SourceSystem, TargetSystem, TransactionType
+from invsync_pipeline.table_schemas import column_names, required_columns
 
 SOURCE_SYSTEMS = get_args(SourceSystem)
 TARGET_SYSTEMS = get_args(TargetSystem)
@@ -29,27 +30,13 @@ REASONS = get_args(Reason)
 # Contract v1: these carry a quantity > 0; an adjustment is signed and never 0; a count is >= 0.
 POSITIVE_QUANTITY_TYPES = ("receipt", "issue", "transfer")
 
-# Columns of each table as sql/schema/*.sql creates them. A check fails when the table drifts
-# from these, so a DDL change has to be made here too, on purpose.
-STAGED_EVENT_COLUMNS = (
-    "partition_hour", "transaction_id", "event_time", "source_system", "target_system", "material_number",
-    "material_type", "transaction_type", "reason", "quantity", "unit", "location", "to_location",
-    "erp_reference", "movement_type", "published_at", "received_at", "routing_key", "segment_id",
-)  # fmt: skip
-STAGED_EVENT_REQUIRED = (
-    "partition_hour", "transaction_id", "event_time", "source_system", "material_number", "material_type",
-    "transaction_type", "reason", "quantity", "unit", "location", "erp_reference", "received_at",
-    "routing_key", "segment_id",
-)  # fmt: skip
+# The tables the suites validate, with snapshots.<system>_inventory. Their columns and NOT NULL
+# columns come from the DDL (invsync_pipeline.table_schemas), read when a suite is first built: a
+# check fails when a table in the warehouse drifts from sql/schema/*.sql.
+STAGED_EVENTS_TABLE = "staging.inventory_events"
+LEDGER_TABLE = "ledger.transaction_ledger"
 
-LEDGER_COLUMNS = (
-    "partition_hour", "material_number", "material_type", "location", "unit", "source_system", "target_system",
-    "receipts", "issues", "transfers_in", "transfers_out", "adjustments", "net_movement",
-    "last_counted_balance", "last_counted_at", "receipt_count", "issue_count", "transfer_in_count",
-    "transfer_out_count", "adjustment_count", "cycle_count_count", "transaction_count",
-)  # fmt: skip
 LEDGER_KEY = ("material_number", "material_type", "location", "unit", "source_system", "target_system")
-LEDGER_REQUIRED = ("partition_hour", "material_number", "material_type", "location", "unit", "source_system")
 LEDGER_UNSIGNED = ("receipts", "issues", "transfers_in", "transfers_out")
 LEDGER_COUNTS = (
     "receipt_count", "issue_count", "transfer_in_count", "transfer_out_count", "adjustment_count",
@@ -59,11 +46,6 @@ LEDGER_COUNTS = (
 # net_movement minus its formula, and transaction_count minus the sum of the per-kind counts.
 LEDGER_DERIVED = ("net_movement_residual", "transaction_count_residual")
 
-ERP_SNAPSHOT_COLUMNS = (
-    "partition_hour", "material_number", "material_type", "location", "unit", "begin_quantity", "end_quantity",
-    "taken_at", "method",
-)  # fmt: skip
-MES_SNAPSHOT_COLUMNS = tuple(c for c in ERP_SNAPSHOT_COLUMNS if c != "material_type")
 SNAPSHOT_KEY = ("material_number", "location", "unit")
 # The material type the stock rule goes by: the snapshot's own, else the ERP material master's
 # (the MES snapshot has none of its own). Added by the check's query.
@@ -80,8 +62,8 @@ def staged_events_suite(hour_start: datetime, hour_end: datetime) -> list:
     from great_expectations.expectations.row_conditions import Column
 
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=list(STAGED_EVENT_COLUMNS), exact_match=True),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in STAGED_EVENT_REQUIRED),
+        gxe.ExpectTableColumnsToMatchSet(column_set=column_names(STAGED_EVENTS_TABLE), exact_match=True),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required_columns(STAGED_EVENTS_TABLE)),
         gxe.ExpectColumnValuesToBeUnique(column="transaction_id"),
         gxe.ExpectColumnValuesToBeInSet(column="source_system", value_set=list(SOURCE_SYSTEMS)),
         gxe.ExpectColumnValuesToBeInSet(column="target_system", value_set=list(TARGET_SYSTEMS)),
@@ -114,8 +96,8 @@ def ledger_suite() -> list:
     from great_expectations.expectations.row_conditions import Column
 
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=[*LEDGER_COLUMNS, *LEDGER_DERIVED], exact_match=True),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in LEDGER_REQUIRED),
+        gxe.ExpectTableColumnsToMatchSet(column_set=[*column_names(LEDGER_TABLE), *LEDGER_DERIVED], exact_match=True),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required_columns(LEDGER_TABLE)),
         gxe.ExpectColumnValuesToNotBeNull(column="target_system", row_condition=Column("source_system") == "RECON"),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=list(LEDGER_KEY), ignore_row_if="never"),
         gxe.ExpectColumnValuesToBeBetween(column="net_movement_residual", min_value=0, max_value=0),
@@ -131,12 +113,11 @@ def snapshot_suite(system: str, non_negative_material_types: Sequence[str], *, e
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
-    columns = ERP_SNAPSHOT_COLUMNS if system == "erp" else MES_SNAPSHOT_COLUMNS
-    # The ERP may not know a material's type (material_type is nullable); everything else is required.
-    required = [c for c in columns if c != "material_type"]
+    # The ERP may not know a material's type: the DDL leaves the ERP's material_type nullable.
+    table = f"snapshots.{system}_inventory"
     suite = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=[*columns, *SNAPSHOT_DERIVED], exact_match=True),
-        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required),
+        gxe.ExpectTableColumnsToMatchSet(column_set=[*column_names(table), *SNAPSHOT_DERIVED], exact_match=True),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in required_columns(table)),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=list(SNAPSHOT_KEY), ignore_row_if="never"),
     ]
     if non_negative_material_types:

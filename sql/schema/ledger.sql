@@ -11,13 +11,13 @@ CREATE TABLE IF NOT EXISTS ledger.transaction_ledger (
     location            VARCHAR       NOT NULL,
     unit                VARCHAR       NOT NULL,
     source_system       VARCHAR       NOT NULL,
-    target_system       VARCHAR,
+    target_system       VARCHAR,                 -- ERP | MES for RECON corrections, else NULL
     receipts            DECIMAL(18,6) NOT NULL,
     issues              DECIMAL(18,6) NOT NULL,
     transfers_in        DECIMAL(18,6) NOT NULL,
     transfers_out       DECIMAL(18,6) NOT NULL,
-    adjustments         DECIMAL(18,6) NOT NULL,
-    net_movement        DECIMAL(18,6) NOT NULL,
+    adjustments         DECIMAL(18,6) NOT NULL,  -- signed
+    net_movement        DECIMAL(18,6) NOT NULL,  -- receipts - issues + transfers_in - transfers_out + adjustments
     last_counted_balance DECIMAL(18,6),          -- the latest cycle count in the hour, if any
     last_counted_at     TIMESTAMPTZ,
     receipt_count       INTEGER       NOT NULL,
