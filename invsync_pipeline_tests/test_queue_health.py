@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from invsync_pipeline.cli import main
 from invsync_pipeline.messaging.topology import RETRY_TIER_HEADER, apply_topology, delete_topology
+from invsync_pipeline.ops.alerts import alerts
 from invsync_pipeline.ops.queue_health import PASSIVE_SOURCE, QueueSample, check_queues, find_stranded, sample
-from invsync_pipeline.recon.alerts import alerts
 from invsync_pipeline.settings import load_settings
 from invsync_pipeline_tests.factories import event, publish_events, queue_depth
 
@@ -71,8 +71,8 @@ def test_a_stalled_worker_fires_one_queue_alert_per_incident(settings, topology,
 
 
 def test_each_broker_outage_is_one_alert_and_the_next_outage_alerts_again(settings):
+    from invsync_pipeline.ops.alerts import alerts
     from invsync_pipeline.ops.queue_health import broker_incident
-    from invsync_pipeline.recon.alerts import alerts
 
     first = broker_incident(settings, "connection refused")
     assert first is not None
@@ -86,7 +86,7 @@ def test_each_broker_outage_is_one_alert_and_the_next_outage_alerts_again(settin
 def test_a_failed_run_is_one_alert_through_the_alert_channel(settings):
     import dagster as dg
 
-    from invsync_pipeline.recon.alerts import alerts
+    from invsync_pipeline.ops.alerts import alerts
     from invsync_pipeline.sensors.run_failures import run_failure_alert_sensor
 
     @dg.op

@@ -124,7 +124,7 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
             "SELECT material_number, target_system, quantity, status, rule, correction_id FROM recon.corrections "
             "ORDER BY material_number"
         ).fetchall()
-        from invsync_pipeline.recon.alerts import alerts as stored_alerts
+        from invsync_pipeline.ops.alerts import alerts as stored_alerts
 
         alerts = [(a["severity"], a["kind"], a["subject"]) for a in stored_alerts(settings)]
         audit = conn.execute("SELECT count(*) FROM recon.correction_audit_log").fetchone()[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -122,7 +121,7 @@ def test_an_unknown_table_is_refused_with_the_declared_ones():
         columns("staging.nope")
 
 
-def test_importing_the_module_reads_nothing_and_the_first_read_is_a_quick_text_parse():
+def test_importing_the_module_reads_nothing_and_a_read_needs_no_database():
     # The assets derive their column schema while being imported: that read must be cheap and must
     # succeed on every file (test_every_table_reads_as_duckdb_creates_it_from_the_ddl reads them all).
     code = (
@@ -131,7 +130,5 @@ def test_importing_the_module_reads_nothing_and_the_first_read_is_a_quick_text_p
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
-    started = time.perf_counter()
-    tables = table_schemas._declared_tables.__wrapped__()  # uncached: a fresh read of every file
-    assert time.perf_counter() - started < 1.0  # about 2 ms; the margin is for a busy CI machine
+    tables = table_schemas._declared_tables.__wrapped__()  # uncached: a fresh read of every file (no timing asserted)
     assert STAGED_EVENTS_TABLE in tables and LEDGER_TABLE in tables

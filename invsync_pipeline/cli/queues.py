@@ -45,7 +45,7 @@ def queues(ctx: click.Context, record: bool) -> None:
 @click.pass_context
 def alerts_list(ctx: click.Context, limit: int) -> None:
     """The latest alerts and whether the webhook got them."""
-    from invsync_pipeline.recon.alerts import alerts
+    from invsync_pipeline.ops.alerts import alerts
 
     for a in alerts(settings(ctx))[-limit:]:
         click.echo(f"{a['created_at'][:19]}  {a['severity']:<8} {a['kind']:<20} {a['subject']}  [{a['delivery']}]")

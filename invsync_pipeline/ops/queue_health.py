@@ -49,8 +49,8 @@ import requests
 
 from invsync_pipeline.messaging.connection import connect
 from invsync_pipeline.messaging.topology import Topology, build_topology
+from invsync_pipeline.ops.alerts import raise_alert
 from invsync_pipeline.ops.store import ops_db
-from invsync_pipeline.recon.alerts import raise_alert
 from invsync_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from decimal import Decimal
 import duckdb
 
 from invsync_pipeline.contract import NO_HORIZON, InventoryEvent, instant_text, parse_event
-from invsync_pipeline.recon.alerts import raise_alert
+from invsync_pipeline.ops.alerts import raise_alert
 from invsync_pipeline.recon.rules import Rules
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.systems import Systems

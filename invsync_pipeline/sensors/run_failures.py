@@ -7,7 +7,7 @@ from invsync_pipeline.settings import load_settings
 
 def alert_for_failed_run(run: dg.DagsterRun, message: str) -> bool:
     """Raise one alert for a failed run, through the one alert channel; True when it was new."""
-    from invsync_pipeline.recon.alerts import raise_alert
+    from invsync_pipeline.ops.alerts import raise_alert
 
     partition = run.tags.get("dagster/partition") or (
         f"{run.tags['dagster/asset_partition_range_start']}..{run.tags['dagster/asset_partition_range_end']}"
