@@ -112,7 +112,7 @@ def approve(
     row = _held_row(conn, cid)
     check = recheck(systems, row)
     if check.resolved:
-        _close(conn, cid, actor, f"approval refused: {check.reason}")
+        _decide(conn, cid, "resolved", actor, f"approval refused: {check.reason}")
         raise ReviewError(f"approval of {cid} refused: {check.reason}. Nothing was posted; the item is closed "
                           "as resolved in the audit trail")  # fmt: skip
     correction = _correction(row, "approved", actor, note)
@@ -140,14 +140,7 @@ def reject(conn: duckdb.DuckDBPyConnection, cid: str, by: str, note: str | None)
     if not note or not note.strip():
         raise ReviewError("--note must say why the correction is rejected (it goes into the audit log)")
     _held_row(conn, cid)
-    conn.execute("BEGIN TRANSACTION")
-    conn.execute(
-        "UPDATE recon.corrections SET status = 'rejected', decided_by = ?, decided_at = ?, note = ? "
-        "WHERE correction_id = ?",
-        [actor, datetime.now(UTC), note, cid],
-    )
-    audit(conn, cid, "rejected", actor, note)
-    conn.execute("COMMIT")
+    _decide(conn, cid, "rejected", actor, note)
     return show(conn, cid)
 
 
@@ -160,17 +153,17 @@ def close_resolved(conn: duckdb.DuckDBPyConnection, systems: Systems, actor: str
         row = show(conn, cid[0])
         check = recheck(systems, row)
         if check.resolved:
-            _close(conn, cid[0], actor, check.reason)
+            _decide(conn, cid[0], "resolved", actor, check.reason)
             closed.append((cid[0], check.reason))
     return closed
 
 
-def _close(conn: duckdb.DuckDBPyConnection, cid: str, actor: str, reason: str) -> None:
+def _decide(conn: duckdb.DuckDBPyConnection, cid: str, status: str, actor: str, note: str) -> None:
+    """Close a held correction without posting anything (rejected, or resolved), with the audit row."""
     conn.execute("BEGIN TRANSACTION")
     conn.execute(
-        "UPDATE recon.corrections SET status = 'resolved', decided_by = ?, decided_at = ?, note = ? "
-        "WHERE correction_id = ?",
-        [actor, datetime.now(UTC), reason, cid],
+        "UPDATE recon.corrections SET status = ?, decided_by = ?, decided_at = ?, note = ? WHERE correction_id = ?",
+        [status, actor, datetime.now(UTC), note, cid],
     )
-    audit(conn, cid, "resolved", actor, reason)
+    audit(conn, cid, status, actor, note)
     conn.execute("COMMIT")
