@@ -40,22 +40,31 @@ class CutoverRoute(LiveRoute):
         self.state = CutoverState(settings)
         self._mode = self.state.current()
         self._paused_for: int | None = None
+        self._pause_reported = False
 
     def follow(self) -> str | None:
-        """Pause for a switch under way, resume once it is done; heartbeat either way."""
+        """Pause for a switch under way, resume once it is done; heartbeat either way. On "pause"
+        the worker finishes its in-flight work and then calls ``paused_cleanly``: only then does
+        the heartbeat tell the switch this worker is paused, so the switch's copy never races a
+        movement still being applied to the MES the path is leaving."""
         mode = self.state.current()
         change = None
         if mode.switching is not None and self._paused_for != mode.switching.seq:
             log.info("cutover switch %d (%s -> %s): pausing", mode.switching.seq, mode.switching.from_mode,
                      mode.switching.to_mode)  # fmt: skip
-            self._paused_for, change = mode.switching.seq, "pause"
+            self._paused_for, self._pause_reported, change = mode.switching.seq, False, "pause"
         elif mode.switching is None and self._paused_for is not None:
             log.info("cutover: resuming; the event-driven path is %s", mode.mode)
             self._paused_for, change = None, "resume"
         self.paused = self._paused_for is not None
         self._mode = mode
-        self.state.heartbeat(self.worker_id, self._paused_for)
+        self.state.heartbeat(self.worker_id, self._paused_for if self._pause_reported else None)
         return change
+
+    def paused_cleanly(self) -> None:
+        """The worker has nothing in flight any more: report the pause to the switch."""
+        self._pause_reported = True
+        self.state.heartbeat(self.worker_id, self._paused_for)
 
     def deliver(self, event: InventoryEvent) -> Delivery:
         mode = self._mode.mode

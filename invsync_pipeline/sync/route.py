@@ -39,6 +39,9 @@ class LiveRoute:
         and stop consuming), "resume", or None. A live-only plant never pauses."""
         return None
 
+    def paused_cleanly(self) -> None:
+        """Called once the worker finished its in-flight work after a "pause"."""
+
     def deliver(self, event: InventoryEvent) -> Delivery:
         if event.source_system == "MES":
             return Delivery(skip="already in the MES: it originated there")

@@ -194,6 +194,7 @@ class SyncWorker:
                 change = self.route.follow()
                 if change == "pause":
                     self._finish_inflight()
+                    self.route.paused_cleanly()
                 elif change == "resume":
                     for queue in self.critical:
                         self._consume(queue)
