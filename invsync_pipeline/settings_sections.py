@@ -122,6 +122,10 @@ class SyncSettings(_Strict):
     # an empty list applies them at once.
     noncritical_windows: tuple[str, ...] = ()
     noncritical_batch_size: int = Field(default=500, gt=0)
+    # Micro-batching: events bound for one MES go to it in one call, up to this many, or what
+    # arrived within the window after the first (a movement never waits longer than the window).
+    batch_max_events: int = Field(default=200, ge=1, le=5000)
+    batch_window_ms: float = Field(default=5.0, ge=0, le=1000)
 
     @field_validator("noncritical_windows")
     @classmethod

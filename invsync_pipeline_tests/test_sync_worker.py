@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from invsync_pipeline.sync.queues import in_window
 from invsync_pipeline.sync.sync_log import SyncLog
 from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline_tests.factories import event, publish_events, publish_raw, queue_depth
+from invsync_pipeline_tests.recon_plant import set_config
 
 pytestmark = pytest.mark.broker
 
@@ -238,7 +240,9 @@ def _wait_or_show(proc: subprocess.Popen, predicate, what: str) -> None:
 
 @pytest.mark.slow
 def test_a_killed_worker_loses_nothing_and_applies_nothing_twice(settings, topology, connection, client, mes):
-    client.set_faults(latency_ms=20)
+    # Small batches of slow calls, so the kill lands in the middle of the stream.
+    set_config(Path(os.environ["INVSYNC_CONFIG"]), sync={"batch_max_events": 5})
+    client.set_faults(latency_ms=200)
     events = [event(material_number=f"M-{i % 10}", quantity="1") for i in range(150)]
     publish_events(connection, topology.exchange, events)
     proc = _worker_process(settings)
@@ -339,3 +343,38 @@ def test_the_late_original_of_a_compensated_movement_is_not_applied(
     assert _stock(client) == {("WH01/RM01", "COMP-1"): Decimal("3")}
     statuses = {r.transaction_id: r.status for r in SyncLog(settings.home / "sync.sqlite").records()}
     assert statuses == {late["transaction_id"]: "compensated", other["transaction_id"]: "applied"}
+
+
+def test_a_burst_goes_to_the_mes_in_batches_and_each_event_is_applied_once(
+    settings, topology, connection, client, start_worker
+):
+    events = [event(material_number=f"B-{i % 7}", quantity="1") for i in range(400)]
+    publish_events(connection, topology.exchange, events)
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.applied == 400, what="400 applied")
+
+    assert worker.stats.mes_calls <= len(events) // 4  # many per call, not one call per event
+    assert sorted(_applied_ids(client)) == sorted(e["transaction_id"] for e in events)
+    assert sum(_stock(client).values()) == Decimal(400)
+
+
+def test_an_event_the_mes_refuses_in_a_batch_is_parked_and_the_rest_is_applied(
+    settings, topology, connection, client, start_worker
+):
+    from invsync_pipeline.contract import parse_event
+
+    taken = event(material_number="CONFLICT", quantity="5")
+    client.post_transaction(parse_event(taken))  # the id is taken by another movement already
+    clash = {**taken, "quantity": "6"}
+    good = [event(material_number="FINE", quantity="1") for _ in range(10)]
+    publish_events(connection, topology.exchange, [*good[:5], clash, *good[5:]])
+    worker = start_worker()
+
+    _wait(lambda: worker.stats.applied + worker.stats.parked == 11, what="11 handled")
+
+    assert (worker.stats.applied, worker.stats.parked) == (10, 1)
+    assert worker.stats.mes_calls < 11
+    method, props, _ = connection.channel().basic_get(topology.parking, auto_ack=True)
+    assert method is not None and "different event" in props.headers[REASON_HEADER]
+    assert _stock(client)[("WH01/RM01", "FINE")] == Decimal(10)

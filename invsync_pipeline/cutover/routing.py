@@ -79,6 +79,8 @@ class CutoverRoute(LiveRoute):
         if not in_scope(self.settings, event.material_type, event.timestamp):
             return Delivery(skip="outside the cutover's pilot scope: the batch sync carries it")
         target, earlier = self.targets[mode], self._before_switch_target(event)
+        if earlier is None:
+            return Delivery(batch_to=target)
         return Delivery(apply=lambda: self._apply(target, earlier, event))
 
     def leave(self) -> None:
@@ -89,8 +91,8 @@ class CutoverRoute(LiveRoute):
             self.state.close()
             self.targets["shadow"].close()
 
-    def _apply(self, target: MesApi, earlier: MesApi | None, event: InventoryEvent) -> PostResult:
-        if earlier is not None and (found := earlier.find_transaction(event.transaction_id)) is not None:
+    def _apply(self, target: MesApi, earlier: MesApi, event: InventoryEvent) -> PostResult:
+        if (found := earlier.find_transaction(event.transaction_id)) is not None:
             # Applied before the switch (its ack was lost then); the switch's copy carried it over.
             return PostResult(found["mes_transaction_id"], "duplicate", event.transaction_id)
         return post_or_find(target, event)

@@ -20,11 +20,13 @@ log = logging.getLogger("invsync.sync")
 
 @dataclass(frozen=True)
 class Delivery:
-    """What to do with one event: ack it as skipped (``skip`` says why), or run ``apply`` (the
-    MES call, off the worker's I/O thread) and ack with its result."""
+    """What to do with one event: ack it as skipped (``skip`` says why), post it to ``batch_to``
+    together with the other events bound there (sync/batches.py), or run ``apply`` (a call of its
+    own, off the worker's I/O thread); then ack with the result."""
 
     skip: str | None = None
     apply: Callable[[], PostResult] | None = None
+    batch_to: MesApi | None = None
 
 
 class LiveRoute:
@@ -47,7 +49,7 @@ class LiveRoute:
             return Delivery(skip="already in the MES: it originated there")
         if event.source_system == "RECON" and event.target_system == "ERP":
             return Delivery(skip="a correction meant for the ERP")
-        return Delivery(apply=lambda: post_or_find(self.live, event))
+        return Delivery(batch_to=self.live)
 
     def leave(self) -> None:
         """The worker stops: release what the route holds."""
@@ -70,3 +72,24 @@ def post_or_find(mes: MesApi, event: InventoryEvent) -> PostResult:
             raise
         log.info("tx=%s: the MES did not answer the post but has applied it (%s)", event.transaction_id, unanswered)
         return PostResult(found["mes_transaction_id"], "applied", event.transaction_id)
+
+
+def post_many_or_find(mes: MesApi, events: list[InventoryEvent]) -> list[PostResult | MesError]:
+    """``post_or_find`` for a batch: a result (or the error) per event, in order. When the MES did
+    not answer the batch, each event is looked up; those it has applied count as applied."""
+    try:
+        return list(mes.post_transactions(events))
+    except MesError as unanswered:
+        if not unanswered.retryable:
+            return [unanswered] * len(events)
+        outcomes: list[PostResult | MesError] = []
+        for event in events:
+            try:
+                found = mes.find_transaction(event.transaction_id)
+            except MesError:
+                return outcomes + [unanswered] * (len(events) - len(outcomes))  # cannot be asked: retry later
+            if found is not None and found.get("status") in ("applied", "not_applicable"):
+                outcomes.append(PostResult(found["mes_transaction_id"], "applied", event.transaction_id))
+            else:
+                outcomes.append(unanswered)
+        return outcomes

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +126,32 @@ class SyncLog:
 
     def close(self) -> None:
         self._conn.close()
+
+
+@dataclass
+class WorkerStats:
+    applied: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    restored: int = 0  # live-MES bookings put back after go-live's copy (cutover/switch.py)
+    compensated: int = 0  # late originals of movements a correction's adjustment stands for: not applied
+    redelivered: int = 0  # of the applied: the MES had them from an attempt whose outcome was lost
+    retried: int = 0
+    parked: int = 0
+    mes_calls: int = 0  # posts to the MES: one per batch, or per event the route sends alone
+    by_queue: dict[str, int] = field(default_factory=dict)
+
+    def count(self, status: str, queue: str, redelivered: bool) -> None:
+        """One acked message with this sync-log status."""
+        if status == "applied":
+            self.applied += 1
+            self.redelivered += redelivered
+        elif status == "duplicate":
+            self.duplicates += 1
+        elif status == "restored":
+            self.restored += 1
+        elif status == "compensated":
+            self.compensated += 1
+        else:
+            self.skipped += 1
+        self.by_queue[queue] = self.by_queue.get(queue, 0) + 1

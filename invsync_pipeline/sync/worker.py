@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -40,43 +40,16 @@ from invsync_pipeline.messaging.topology import apply_topology
 from invsync_pipeline.ops.compensations import compensated_by, registry
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.mes import MesApi, MesAuthError, MesClient, MesRejected, MesUnavailable, PostResult
+from invsync_pipeline.sync.batches import Batcher
 from invsync_pipeline.sync.queues import in_window, plant_queues
 from invsync_pipeline.sync.route import LiveRoute
-from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord, published_ms_of
+from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord, WorkerStats, published_ms_of
 
 log = logging.getLogger("invsync.sync")
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass
-class WorkerStats:
-    applied: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    restored: int = 0  # live-MES bookings put back after go-live's copy (cutover/switch.py)
-    compensated: int = 0  # late originals of movements a correction's adjustment stands for: not applied
-    redelivered: int = 0  # of the applied: the MES had them from an attempt whose outcome was lost
-    retried: int = 0
-    parked: int = 0
-    by_queue: dict[str, int] = field(default_factory=dict)
-
-    def count(self, status: str, queue: str, redelivered: bool) -> None:
-        """One acked message with this sync-log status."""
-        if status == "applied":
-            self.applied += 1
-            self.redelivered += redelivered
-        elif status == "duplicate":
-            self.duplicates += 1
-        elif status == "restored":
-            self.restored += 1
-        elif status == "compensated":
-            self.compensated += 1
-        else:
-            self.skipped += 1
-        self.by_queue[queue] = self.by_queue.get(queue, 0) + 1
 
 
 @dataclass
@@ -87,7 +60,7 @@ class _Job:
     body: bytes
     event: InventoryEvent
     delivered_ms: int
-    apply: Callable[[], PostResult]  # the MES call the route chose, run on a pool thread
+    apply: Callable[[], PostResult] | None  # a call of its own the route chose (None: in a batch)
     future: Future | None = None
     redelivered: bool = False  # the broker delivered it before (a crash, a lost ack)
 
@@ -121,6 +94,8 @@ class SyncWorker:
         self._inflight: dict[int, _Job] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
         self._pool = ThreadPoolExecutor(max_workers=settings.sync.mes_concurrency, thread_name_prefix="mes")
+        self._batcher = Batcher(self._pool, settings.sync.batch_max_events, settings.sync.batch_window_ms,
+                                self._on_batch_outcomes, self.stats)  # fmt: skip
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._topology = None
@@ -175,6 +150,7 @@ class SyncWorker:
         self._channel.basic_qos(prefetch_count=self.settings.sync.prefetch)
         self._consumers.clear()
         self._inflight.clear()
+        self._batcher.clear()
         if not self.route.paused:  # paused for a cutover switch: consume again once it is done
             for queue in self.critical:
                 self._consume(queue)
@@ -222,6 +198,7 @@ class SyncWorker:
         for tag in list(self._consumers.values()):
             self._channel.basic_cancel(tag)
         self._consumers.clear()
+        self._batcher.flush(self._conn)
         for job in list(self._inflight.values()):
             if job.future is not None and job.future.cancel():
                 self._channel.basic_nack(job.tag, requeue=True)
@@ -237,6 +214,7 @@ class SyncWorker:
         self._conn = None
         self._channel = None
         self._inflight.clear()
+        self._batcher.clear()
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -295,6 +273,11 @@ class SyncWorker:
                       redelivered=redelivered)  # fmt: skip
             return
         delivery = self.route.deliver(event)
+        if delivery.batch_to is not None:
+            job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, None, redelivered=redelivered)
+            self._inflight[job.tag] = job
+            self._batcher.add(self._conn, delivery.batch_to, job)
+            return
         if delivery.apply is None:
             log.debug("skipped tx=%s: %s", event.transaction_id, delivery.skip)
             self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms,
@@ -313,16 +296,21 @@ class SyncWorker:
     def _call_mes(self, job: _Job, conn: pika.BlockingConnection) -> None:
         """Pool thread: the MES call. Never touches the channel; hands the outcome back."""
         try:
+            self.stats.mes_calls += 1
             outcome: Any = job.apply()
         except (MesUnavailable, MesRejected, MesAuthError) as exc:
             outcome = exc
         except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
-            outcome = MesUnavailable(f"unexpected error calling the MES: {exc!r}")
+            outcome = MesUnavailable(f"unexpected error calling the MES: {exc!r}", "")
         confirmed_ms = _now_ms()
         try:
             conn.add_callback_threadsafe(partial(self._on_mes_outcome, job, outcome, confirmed_ms))
         except Exception:  # noqa: BLE001 - connection gone: the broker redelivers, the MES dedupes
             log.warning("connection closed before %s could be acked; it will be redelivered", job.event.transaction_id)
+
+    def _on_batch_outcomes(self, jobs: list[_Job], outcomes: list[Any], confirmed_ms: int) -> None:
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._on_mes_outcome(job, outcome, confirmed_ms)
 
     def _on_mes_outcome(self, job: _Job, outcome: Any, confirmed_ms: int) -> None:
         if self._inflight.pop(job.tag, None) is None or self._channel is None:
