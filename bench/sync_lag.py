@@ -8,7 +8,9 @@ the worker's sync log.
 
     .venv/bin/python bench/sync_lag.py [--seconds 20]
 
-Prints one JSON line last: {"p50_ms", "p95_ms", "p99_ms", "rate_per_s": 200, "p99_ms_at_1000", "max_per_s"}.
+Prints one JSON line last: {"p50_ms", "p95_ms", "p99_ms", "rate_per_s": 200, "p99_ms_at_1000",
+"max_per_s", "catchup_s_100k", "workers", "batch_max_events", "unbatched_max_per_s"}: the last is the
+same worker with batches of one event (the worker before micro-batching), measured in the same run.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import uuid
 from pathlib import Path
 
 import requests
+import yaml
 
 from invsync_pipeline.contract import parse_event
 from invsync_pipeline.messaging.outbox import Outbox
 from invsync_pipeline.messaging.topology import apply_topology, delete_topology
-from invsync_pipeline.settings import load_settings
+from invsync_pipeline.settings import config_file, load_settings
 
 TOKEN = "bench-token"
 
@@ -93,6 +96,16 @@ def wait_applied(sync_db: Path, phase: str, n: int, timeout: float) -> list[tupl
     raise SystemExit(f"phase {phase}: only {len(rows)} of {n} applied within {timeout} s")
 
 
+def burst(settings, sync_db: Path, phase: str, n: int) -> tuple[float, float]:
+    """(events/s between the first and the last confirmation, s from enqueue to the last one)."""
+    started_ms = time.time_ns() // 1_000_000
+    with Outbox(settings) as box:
+        for start in range(0, n, 20_000):
+            box.enqueue([parse_event(event(phase, i)) for i in range(start, min(n, start + 20_000))])
+    confirmed = sorted(c for _, c in wait_applied(sync_db, phase, n, 900))
+    return n / max((confirmed[-1] - confirmed[0]) / 1000, 1e-3), (confirmed[-1] - started_ms) / 1000
+
+
 def percentile(values: list[int], q: float) -> float:
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
@@ -101,7 +114,10 @@ def percentile(values: list[int], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each sustained-rate phase")
-    parser.add_argument("--burst", type=int, default=20_000, help="events enqueued at once for max throughput")
+    parser.add_argument("--burst", type=int, default=100_000, help="events enqueued at once: the catch-up backlog")
+    parser.add_argument(
+        "--baseline-burst", type=int, default=20_000, help="backlog for the unbatched worker (0: skip the baseline)"
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="invsync-lag-"))
@@ -124,7 +140,8 @@ def main() -> None:
             except requests.RequestException:
                 time.sleep(0.1)
         cli = [sys.executable, "-m", "invsync_pipeline.cli"]
-        procs.append(subprocess.Popen([*cli, "sync-worker", "--log-level", "WARNING"], env=env))
+        worker = subprocess.Popen([*cli, "sync-worker", "--log-level", "WARNING"], env=env)
+        procs.append(worker)
         procs.append(subprocess.Popen([*cli, "outbox", "relay"], env=env, stdout=subprocess.DEVNULL))
         sync_db = home / "sync.sqlite"
 
@@ -141,13 +158,22 @@ def main() -> None:
             print(f"{rate}/s for {args.seconds:.0f} s: {n} events, lag p50 {results[rate][0.5]:.0f} ms, "
                   f"p95 {results[rate][0.95]:.0f} ms, p99 {results[rate][0.99]:.0f} ms", file=sys.stderr)  # fmt: skip
 
-        # Max throughput: a backlog all at once; rate = events / (last confirm - first confirm).
-        with Outbox(settings) as box:
-            box.enqueue([parse_event(event("burst", i)) for i in range(args.burst)])
-        rows = wait_applied(sync_db, "burst", args.burst, 600)
-        confirmed = sorted(c for _, c in rows)
-        max_per_s = args.burst / max((confirmed[-1] - confirmed[0]) / 1000, 1e-3)
-        print(f"backlog of {args.burst}: applied at {max_per_s:.0f} events/s", file=sys.stderr)
+        # Max throughput: a backlog all at once (as after an outage); rate = events / (last confirm -
+        # first confirm); catch-up = enqueue to last confirm.
+        max_per_s, catchup_s = burst(settings, sync_db, "burst", args.burst)
+        print(f"backlog of {args.burst}: applied at {max_per_s:.0f} events/s, caught up in {catchup_s:.1f} s",
+              file=sys.stderr)  # fmt: skip
+        unbatched = None
+        if args.baseline_burst:
+            worker.terminate()
+            worker.wait(60)
+            config = home / "unbatched.yaml"
+            base = yaml.safe_load(config_file().read_text())
+            config.write_text(yaml.safe_dump({**base, "sync": {**(base.get("sync") or {}), "batch_max_events": 1}}))
+            procs.append(subprocess.Popen([*cli, "sync-worker", "--log-level", "WARNING"],
+                                          env={**env, "INVSYNC_CONFIG": str(config)}))  # fmt: skip
+            unbatched, _ = burst(settings, sync_db, "unbatched", args.baseline_burst)
+            print(f"the same worker unbatched: {unbatched:.0f} events/s", file=sys.stderr)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -160,7 +186,10 @@ def main() -> None:
         shutil.rmtree(home, ignore_errors=True)
     at_200, at_1000 = results[200], results[1000]
     figures = {"p50_ms": at_200[0.5], "p95_ms": at_200[0.95], "p99_ms": at_200[0.99], "rate_per_s": 200,
-               "p99_ms_at_1000": at_1000[0.99], "max_per_s": round(max_per_s)}  # fmt: skip
+               "p99_ms_at_1000": at_1000[0.99], "max_per_s": round(max_per_s),
+               f"catchup_s_{args.burst // 1000}k": round(catchup_s, 1), "workers": 1,
+               "batch_max_events": settings.sync.batch_max_events,
+               "unbatched_max_per_s": round(unbatched) if unbatched else None}  # fmt: skip
     print(json.dumps(figures))
 
 
