@@ -399,3 +399,59 @@ def test_a_namespace_is_a_separate_dataset_with_the_same_api(mes, client):
     with pytest.raises(MesRejected) as exc:
         list(bad.stock())
     assert exc.value.field == "namespace"
+
+
+# --- the batch endpoint --------------------------------------------------------------------------
+def test_a_batch_answers_each_event_in_order_and_is_idempotent_per_transaction_id(client, mes):
+    first, second = receipt("2"), receipt("3", location=B)
+    clash = parse_event({**first.to_message(), "quantity": "9"})  # first's id, another movement
+    client.set_faults(locked_locations=["WH01/RM07"])
+    counted = receipt("4", location="WH01/RM07")
+
+    outcomes = client.post_transactions([first, second, first, clash, counted])
+
+    assert [getattr(o, "status", None) for o in outcomes[:3]] == ["applied", "applied", "duplicate"]
+    assert outcomes[0].mes_transaction_id == outcomes[2].mes_transaction_id
+    assert isinstance(outcomes[3], MesRejected) and outcomes[3].status == 409
+    assert outcomes[3].field == "transaction_id"
+    assert isinstance(outcomes[4], MesUnavailable) and outcomes[4].status == 503  # try it again later
+    assert "physical count" in str(outcomes[4])
+    # The whole batch again changes nothing; the counted location takes its movement once unlocked.
+    client.set_faults(locked_locations=[])
+    again = client.post_transactions([first, second, counted])
+    assert [o.status for o in again] == ["duplicate", "duplicate", "applied"]
+    assert balances(client) == {(A, "MAT-100"): Decimal(2), (B, "MAT-100"): Decimal(3),
+                                ("WH01/RM07", "MAT-100"): Decimal(4)}  # fmt: skip
+
+
+def test_a_batch_line_that_breaks_the_contract_is_refused_alone(client, mes):
+    good = receipt("5")
+    lines = b"\n".join([good.to_body(), b'{"transaction_id": "X", "quantity": "1e999999"}', b"[" * 100])
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-ndjson"}
+    response = requests.post(f"{mes.url}/api/v1/inventory/transactions/batch", data=lines, headers=headers, timeout=10)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["http_status"] for r in results] == [201, 422, 422]
+    assert all(r["field"] and r["rule"] for r in results[1:])
+    assert balances(client) == {(A, "MAT-100"): Decimal(5)}
+
+
+def test_a_batch_is_one_database_transaction(client, mes):
+    """Readers never see part of a batch: every stock total read while batches of 50 receipts
+    land is a whole number of batches."""
+    seen: list[Decimal] = []
+    done = threading.Event()
+
+    def read() -> None:
+        with ReferenceMesClient(mes.url, TOKEN, timeout_seconds=5) as reader:
+            while not done.is_set():
+                seen.append(sum((r.quantity for r in reader.stock()), Decimal(0)))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    for _ in range(10):
+        client.post_transactions([receipt("1", material_number=f"MAT-{i}") for i in range(50)])
+    done.set()
+    thread.join(10)
+    assert seen and all(total % 50 == 0 for total in seen)
+    assert balances(client) and sum(balances(client).values()) == 500

@@ -23,7 +23,7 @@ from invsync_pipeline.contract import InventoryEvent, instant_text, parse_event
 from invsync_pipeline.onboarding import OnboardingError, onboard
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
 from invsync_pipeline.sources.erp import ErpDatabase
-from invsync_pipeline.sources.mes import MesApi, MesRejected, PostResult, StockRow
+from invsync_pipeline.sources.mes import MesApi, MesError, PostResult, StockRow
 from invsync_pipeline.sync.worker import SyncWorker
 from invsync_pipeline.warehouse import open_warehouse
 from invsync_pipeline_tests.factories import event
@@ -67,7 +67,7 @@ class InMemoryMes(MesApi):
             self.log[event.transaction_id] = entry
             return PostResult(entry["mes_transaction_id"], entry["status"], event.transaction_id)
 
-    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesRejected]:
+    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesError]:
         return [self.post_transaction(e) for e in events]
 
     def stock(self, location=None, material_number=None, as_of=None, warehouse=None) -> Iterator[StockRow]:
@@ -81,8 +81,10 @@ class InMemoryMes(MesApi):
                     key = (mv["location"], mv["material_number"], mv["unit"])
                     totals[key] = totals.get(key, Decimal(0)) + Decimal(mv["after"]) - Decimal(mv["before"])
         for (loc, material, unit), quantity in sorted(totals.items()):
-            if (location in (None, loc)) and (material_number in (None, material)) and (
-                warehouse is None or loc.startswith(f"{warehouse}/")
+            if (
+                (location in (None, loc))
+                and (material_number in (None, material))
+                and (warehouse is None or loc.startswith(f"{warehouse}/"))
             ):
                 yield StockRow(loc, material, unit, quantity)
 
@@ -236,7 +238,9 @@ def test_onboarding_from_a_csv_reports_keys_the_mes_already_holds_otherwise(
     }  # fmt: skip
     assert onboard(mes, cutoff, csv_path=path, overwrite=True).load.posted == 1
     bad = tmp_path / "bad.csv"
-    bad.write_text("material_number,material_type,unit,location,quantity\nX,raw,KG,WH01/RM01,12\nY,gold,KG,WH01/RM01,1\n")
+    bad.write_text(
+        "material_number,material_type,unit,location,quantity\nX,raw,KG,WH01/RM01,12\nY,gold,KG,WH01/RM01,1\n"
+    )
     with pytest.raises(OnboardingError, match="line 3: material_type='gold'"):
         onboard(mes, cutoff, csv_path=bad)
     with pytest.raises(OnboardingError, match="must be a whole hour"):

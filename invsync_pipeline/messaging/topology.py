@@ -77,8 +77,10 @@ class Topology:
     def work_queue_for(self, warehouse: str, material_type: str, transaction_type: str) -> str | None:
         """The work queue an event with these routing tokens lands in (the first that binds it)."""
         for queue, wh, material_types, transaction_types in self.routes:
-            if wh == warehouse.lower() and ("*" in material_types or material_type in material_types) and (
-                transaction_type in transaction_types
+            if (
+                wh == warehouse.lower()
+                and ("*" in material_types or material_type in material_types)
+                and (transaction_type in transaction_types)
             ):
                 return queue
         return None

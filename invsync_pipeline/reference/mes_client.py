@@ -70,10 +70,11 @@ class ReferenceMesClient(MesClient):
         outage: bool | None = None,
         outage_windows: list[dict[str, str]] | None = None,
         lost_answer_rate: float | None = None,
+        locked_locations: list[str] | None = None,
     ) -> dict[str, Any]:
         """Change the reference MES's injected faults; arguments left None keep their value."""
         patch = {"error_rate": error_rate, "latency_ms": latency_ms, "outage": outage, "outage_windows": outage_windows,
-                 "lost_answer_rate": lost_answer_rate}  # fmt: skip
+                 "lost_answer_rate": lost_answer_rate, "locked_locations": locked_locations}  # fmt: skip
         return self._request(
             "PUT", "/api/v1/admin/faults", json_body={k: v for k, v in patch.items() if v is not None}
         )[1]

@@ -41,6 +41,9 @@ class Faults(BaseModel):
     # Share of posts the MES applies and then answers 504, as if a gateway timed out: the
     # "applied, but the answer was lost" case a client must look up before it tries again.
     lost_answer_rate: float = Field(default=0.0, ge=0, le=1)
+    # Locations under a physical count: the MES takes no movement there for now (503, per item
+    # in a batch) and takes the same posts once the count is done. The per-item "try again" case.
+    locked_locations: list[str] = Field(default_factory=list, max_length=1000)
 
     def in_outage(self, now: datetime) -> bool:
         return self.outage or any(w.start <= now < w.end for w in self.outage_windows)
@@ -69,6 +72,12 @@ class FaultInjector:
         if draw < faults.error_rate:
             return faults.latency_ms / 1000, 500, f"internal error (injected fault, error_rate={faults.error_rate})"
         return faults.latency_ms / 1000, None, ""
+
+    def locked(self, location: str) -> str | None:
+        """Why a movement at ``location`` cannot be taken now, or None."""
+        if location in self.faults.locked_locations:
+            return f"location {location} is locked for a physical count (injected fault); try again later"
+        return None
 
     def lose_answer(self) -> bool:
         """Whether this applied post's answer is lost (``lost_answer_rate``)."""

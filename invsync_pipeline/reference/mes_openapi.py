@@ -182,6 +182,11 @@ _SCHEMAS: dict[str, Any] = {
                 "maximum": 1,
                 "description": "Share of posts applied, then answered 504: the answer lost on the way back.",
             },
+            "locked_locations": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Locations under a physical count: posts there are answered 503 (per item in a batch).",
+            },
             "outage_windows": {
                 "type": "array",
                 "items": {

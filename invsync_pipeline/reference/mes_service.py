@@ -111,6 +111,8 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
             event = parse_event(await request.body())
         except ContractViolation as exc:
             return error_response(422, str(exc), exc.field, exc.value, exc.rule)
+        if (locked := faults.locked(event.location)) is not None:
+            return error_response(503, locked, "location", event.location, "must not be under a physical count")
         recorded = await run_in_threadpool(store_for(request).record, event)
         return JSONResponse(recorded.body(), status_code=201 if recorded.status == "applied" else 200)
 
@@ -122,10 +124,17 @@ def create_app(db_path: str | Path, token: str, publish: Publish | None = None, 
             return error_response(422, f"a batch holds at most {MAX_BATCH} events", "body", len(lines),
                                   f"send at most {MAX_BATCH} lines")  # fmt: skip
         parsed: list[InventoryEvent | ContractViolation] = [try_parse_event(line) for line in lines]
-        valid = [item for item in parsed if isinstance(item, InventoryEvent)]
+        locked = {i: why for i, item in enumerate(parsed)
+                  if isinstance(item, InventoryEvent) and (why := faults.locked(item.location))}  # fmt: skip
+        valid = [item for i, item in enumerate(parsed) if isinstance(item, InventoryEvent) and i not in locked]
         recorded = iter(await run_in_threadpool(store_for(request).record_many, valid) if valid else [])
         results = []
-        for item in parsed:
+        for i, item in enumerate(parsed):
+            if i in locked:  # an event the MES cannot take now: the client retries it later
+                results.append({"http_status": 503, "transaction_id": getattr(item, "transaction_id", None),
+                                "error": locked[i], "field": "location", "value": getattr(item, "location", None),
+                                "rule": "must not be under a physical count"})  # fmt: skip
+                continue
             outcome = item if isinstance(item, ContractViolation) else next(recorded)
             if isinstance(outcome, BadRequest | ContractViolation):
                 results.append({

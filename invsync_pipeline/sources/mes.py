@@ -85,8 +85,10 @@ class MesApi(Protocol):
     def post_transaction(self, event: InventoryEvent) -> PostResult:
         """Apply one movement."""
 
-    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesRejected]:
-        """Apply many, a result per event in order (the bulk opening-balance load is one of these)."""
+    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesError]:
+        """Apply many, a result per event in order: a ``PostResult``, or the error for that event
+        alone (``MesRejected``, or ``MesUnavailable`` when the MES cannot take it now). The sync
+        worker's micro-batches and the bulk opening-balance load are such calls."""
 
     def stock(
         self,
@@ -277,22 +279,28 @@ class MesClient:
         _, body = self._request("POST", "/api/v1/inventory/transactions", data=event.to_body())
         return PostResult(body["mes_transaction_id"], body["status"], body["transaction_id"])
 
-    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesRejected]:
-        """Post a batch: a result per event, in order, a MesRejected for each the MES refused.
-        The batch as a whole raises as one post does (MesUnavailable, MesAuthError)."""
-        results: list[PostResult | MesRejected] = []
+    def post_transactions(self, events: list[InventoryEvent]) -> list[PostResult | MesError]:
+        """Post a batch: a result per event, in order; for an event the MES refused a MesRejected,
+        for one it cannot take now (HTTP 5xx or 429 for that item) a MesUnavailable. The batch as
+        a whole raises as one post does (MesUnavailable, MesAuthError)."""
+        results: list[PostResult | MesError] = []
+        url = "/api/v1/inventory/transactions/batch"
         for start in range(0, len(events), BATCH_LIMIT):
             chunk = events[start : start + BATCH_LIMIT]
-            url = "/api/v1/inventory/transactions/batch"
             _, body = self._request("POST", url, data=b"\n".join(e.to_body() for e in chunk), ndjson=True)
             for event, item in zip(chunk, body["results"], strict=True):
-                if item["http_status"] < 300:
-                    results.append(PostResult(item["mes_transaction_id"], item["status"], event.transaction_id))
-                else:
-                    results.append(MesRejected(f"MES refused {event.transaction_id} (HTTP {item['http_status']}): "
-                                               f"{item.get('error')}", f"{self.base_url}{url}", item["http_status"],
-                                               item.get("field"), item.get("value"), item.get("rule")))  # fmt: skip
+                results.append(self._item_result(event, item, f"{self.base_url}{url}"))
         return results
+
+    @staticmethod
+    def _item_result(event: InventoryEvent, item: dict[str, Any], url: str) -> PostResult | MesError:
+        status = item["http_status"]
+        if status < 300:
+            return PostResult(item["mes_transaction_id"], item["status"], event.transaction_id)
+        said = f"MES answered HTTP {status} for {event.transaction_id} in a batch: {item.get('error')}"
+        if status >= 500 or status == 429:
+            return MesUnavailable(f"{said}; try again later", url, status)
+        return MesRejected(said, url, status, item.get("field"), item.get("value"), item.get("rule"))
 
     def stock(
         self,
