@@ -69,8 +69,14 @@ class _Running:
 def start_worker(settings, topology, client):
     started: list[_Running] = []
 
-    def start() -> SyncWorker:
-        running = _Running(settings, client)
+    def start(batch_window_ms: float | None = None) -> SyncWorker:
+        """A worker; ``batch_window_ms`` widens its batch window, so a test knows what one batch holds."""
+        chosen = settings
+        if batch_window_ms is not None:
+            chosen = settings.model_copy(
+                update={"sync": settings.sync.model_copy(update={"batch_window_ms": batch_window_ms})}
+            )
+        running = _Running(chosen, client)
         started.append(running)
         return running.worker
 
@@ -110,7 +116,6 @@ def test_events_are_applied_to_the_mes_and_acked(settings, topology, connection,
     }
     for queue in topology.work_queues:
         assert queue_depth(connection, queue) == 0
-    worker.sync_log.flush()
     records = SyncLog(settings.home / "sync.sqlite").records()
     assert {r.transaction_id for r in records} == {e["transaction_id"] for e in events}
     assert all(r.mes_transaction_id and r.confirmed_ms <= r.acked_ms for r in records)
@@ -140,7 +145,6 @@ def test_mes_errors_are_retried_on_the_configured_steps_then_applied(
     client.set_faults(error_rate=0.0)
     _wait(lambda: worker.stats.applied == 1, what="applied after retries")
 
-    worker.sync_log.flush()
     (record,) = SyncLog(settings.home / "sync.sqlite").records()
     assert record.attempts == 3  # first try + retry.1 + retry.2
     assert _stock(client) == {("WH01/RM01", "MAT-100"): Decimal("3")}
@@ -359,22 +363,75 @@ def test_a_burst_goes_to_the_mes_in_batches_and_each_event_is_applied_once(
     assert sum(_stock(client).values()) == Decimal(400)
 
 
-def test_an_event_the_mes_refuses_in_a_batch_is_parked_and_the_rest_is_applied(
-    settings, topology, connection, client, start_worker
-):
+def test_a_batch_with_a_refused_a_retryable_and_good_items(settings, topology, connection, client, start_worker):
+    """Per item: the refused one is parked with the MES's reason, the one the MES cannot take now
+    (its location is under a count) goes to its retry tier and is applied once the count is done,
+    and the rest of the batch is applied at once."""
     from invsync_pipeline.contract import parse_event
 
     taken = event(material_number="CONFLICT", quantity="5")
     client.post_transaction(parse_event(taken))  # the id is taken by another movement already
     clash = {**taken, "quantity": "6"}
+    counted = event(material_number="COUNTED", quantity="2", location="WH01/RM09")
     good = [event(material_number="FINE", quantity="1") for _ in range(10)]
-    publish_events(connection, topology.exchange, [*good[:5], clash, *good[5:]])
-    worker = start_worker()
+    client.set_faults(locked_locations=["WH01/RM09"])
+    publish_events(connection, topology.exchange, [*good[:5], clash, counted, *good[5:]])
+    worker = start_worker(batch_window_ms=500)
 
-    _wait(lambda: worker.stats.applied + worker.stats.parked == 11, what="11 handled")
-
-    assert (worker.stats.applied, worker.stats.parked) == (10, 1)
-    assert worker.stats.mes_calls < 11
+    _wait(lambda: worker.stats.applied == 10 and worker.stats.parked == 1 and worker.stats.retried >= 1,
+          what="10 applied, 1 parked, 1 retried")  # fmt: skip
+    assert worker.stats.mes_calls < 4  # in one batch (a retry may have come meanwhile), not one call each
+    assert _stock(client)[("WH01/RM01", "FINE")] == Decimal(10)
+    assert ("WH01/RM09", "COUNTED") not in _stock(client)
     method, props, _ = connection.channel().basic_get(topology.parking, auto_ack=True)
     assert method is not None and "different event" in props.headers[REASON_HEADER]
-    assert _stock(client)[("WH01/RM01", "FINE")] == Decimal(10)
+
+    client.set_faults(locked_locations=[])
+    _wait(lambda: worker.stats.applied == 11, what="the counted location's movement applied after its retry")
+    assert _stock(client)[("WH01/RM09", "COUNTED")] == Decimal(2)
+    assert worker.stats.parked == 1
+
+
+def test_a_duplicate_inside_one_batch_is_applied_once(settings, topology, connection, client, start_worker):
+    twice = event(material_number="TWICE", quantity="3")
+    others = [event(material_number="OTHER", quantity="1") for _ in range(4)]
+    publish_events(connection, topology.exchange, [others[0], twice, others[1], twice, *others[2:]])
+    worker = start_worker(batch_window_ms=1000)
+
+    _wait(lambda: worker.stats.applied + worker.stats.duplicates == 6, what="6 handled")
+
+    assert (worker.stats.applied, worker.stats.duplicates, worker.stats.mes_calls) == (5, 1, 1)
+    assert _stock(client) == {("WH01/RM01", "TWICE"): Decimal(3), ("WH01/RM01", "OTHER"): Decimal(4)}
+    statuses = {r.transaction_id: r.status for r in SyncLog(settings.home / "sync.sqlite").records()}
+    assert statuses[twice["transaction_id"]] == "applied"  # the first outcome is the one logged
+
+
+@pytest.mark.slow
+def test_a_worker_killed_between_the_mes_answer_and_the_ack(settings, topology, connection, client, mes):
+    """The MES applies a batch the worker never acks (killed while the MES works on it). The
+    broker delivers the messages again; the next worker finds them applied: once, as applied."""
+    client.set_faults(latency_ms=3000)  # the MES takes the batch, then works on it for 3 s
+    events = [event(material_number=f"K-{i % 3}", quantity="1") for i in range(20)]
+    publish_events(connection, topology.exchange, events)
+    queue = topology.work_queue_for("WH01", "raw", "receipt")
+    proc = _worker_process(settings)
+    _wait_or_show(proc, lambda: queue_depth(connection, queue) == 0, "all 20 taken by the worker")
+    time.sleep(1.0)  # the batch is at the MES, which has not answered yet
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _wait(lambda: len(_applied_ids(client)) == 20, timeout=30, what="the MES to finish the batch nobody waits for")
+    assert not SyncLog(settings.home / "sync.sqlite").records()  # nothing was acked
+    client.set_faults(latency_ms=0)
+
+    worker = SyncWorker(settings, client)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    _wait(lambda: worker.stats.applied == 20, what="20 settled by the next worker")
+    worker.stop()
+    thread.join(15)
+
+    assert (worker.stats.redelivered, worker.stats.duplicates) == (20, 0)
+    assert sorted(_applied_ids(client)) == sorted(e["transaction_id"] for e in events)  # each once
+    assert sum(_stock(client).values()) == Decimal(20)
+    rows = SyncLog(settings.home / "sync.sqlite").records()
+    assert {(r.status, r.redelivered) for r in rows} == {("applied", True)} and len(rows) == 20

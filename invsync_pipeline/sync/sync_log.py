@@ -104,18 +104,16 @@ class SyncLog:
             ).fetchone()
         return row[0] if row else None
 
-    def record(self, rec: SyncRecord) -> None:
-        """Commit the row now: the caller acks the message only after this returns. A row for the
-        transaction already there is kept (the first outcome is the one that counts)."""
-        with self._lock:
-            self._conn.execute(
+    def record(self, recs: list[SyncRecord]) -> None:
+        """Commit the rows now, in one transaction: the caller acks their messages only after this
+        returns. A row for a transaction already there is kept (the first outcome counts)."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
                 "INSERT OR IGNORE INTO sync_log VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (rec.transaction_id, rec.mes_transaction_id, rec.status, rec.queue, rec.published_ms,
-                 rec.delivered_ms, rec.confirmed_ms, rec.acked_ms, rec.attempts, int(rec.redelivered)),
+                [(r.transaction_id, r.mes_transaction_id, r.status, r.queue, r.published_ms, r.delivered_ms,
+                  r.confirmed_ms, r.acked_ms, r.attempts, int(r.redelivered)) for r in recs],
             )  # fmt: skip
-
-    def flush(self) -> None:
-        """Nothing waits: every row is committed when recorded (kept for callers of the old API)."""
 
     def records(self, since_ms: int = 0) -> list[SyncRecord]:
         with self._lock:

@@ -309,57 +309,76 @@ class SyncWorker:
             log.warning("connection closed before %s could be acked; it will be redelivered", job.event.transaction_id)
 
     def _on_batch_outcomes(self, jobs: list[_Job], outcomes: list[Any], confirmed_ms: int) -> None:
+        """A batch's outcomes: the failed go on (retry tier, parking) one by one; the rows of the
+        rest are committed in one transaction and their messages acked together."""
+        settled: list[tuple[_Job, SyncRecord]] = []
         for job, outcome in zip(jobs, outcomes, strict=True):
-            self._on_mes_outcome(job, outcome, confirmed_ms)
+            if self._inflight.get(job.tag) is not job or self._channel is None:
+                continue  # from an earlier connection; its message was redelivered
+            if isinstance(outcome, PostResult):
+                settled.append((job, self._settled(job, outcome, confirmed_ms)))
+            else:
+                self._on_mes_outcome(job, outcome, confirmed_ms)
+        self._ack_many(settled)
 
     def _on_mes_outcome(self, job: _Job, outcome: Any, confirmed_ms: int) -> None:
-        if self._inflight.pop(job.tag, None) is None or self._channel is None:
+        if self._inflight.get(job.tag) is not job or self._channel is None:
             return  # from an earlier connection; its message was redelivered
-        tx = job.event.transaction_id
+        if isinstance(outcome, PostResult):
+            self._ack_many([(job, self._settled(job, outcome, confirmed_ms))])
+            return
+        self._inflight.pop(job.tag)
         if isinstance(outcome, MesAuthError):
             # Every message would fail the same way: stop, keep the message, say what to fix.
             self._channel.basic_nack(job.tag, requeue=True)
             self._fatal = outcome
-            return
-        if isinstance(outcome, MesRejected):
+        elif isinstance(outcome, MesRejected):
             self._fail(job.queue, job.tag, job.properties, job.body, f"rejected by MES: {outcome}", retryable=False)
-            return
-        if isinstance(outcome, MesUnavailable):
+        else:
             self._fail(job.queue, job.tag, job.properties, job.body, f"MES unavailable: {outcome}", retryable=True)
-            return
+
+    def _settled(self, job: _Job, outcome: PostResult, confirmed_ms: int) -> SyncRecord:
+        """The sync-log row of an event the MES has now."""
         status, redelivered = outcome.status, job.redelivered
         again = job.redelivered or retries_so_far(job.properties) > 0
-        if status == "duplicate" and again and self.sync_log.seen(tx) is None:
+        if status == "duplicate" and again and self.sync_log.seen(job.event.transaction_id) is None:
             # Delivered again (after a crash, or from a retry tier), and the MES already has it
             # though our log does not: an earlier attempt of ours applied it and its outcome was
             # lost. It counts once, as applied. A fresh copy (the same id published twice) stays
             # a duplicate.
             status, redelivered = "applied", True
-        self._ack(job.queue, job.tag, job.properties, job.event, outcome.mes_transaction_id, status,
-                  job.delivered_ms, confirmed_ms, redelivered=redelivered)  # fmt: skip
-        log.info("%s tx=%s mes_tx=%s queue=%s", outcome.status, tx, outcome.mes_transaction_id, job.queue)
+        log.debug("%s tx=%s mes_tx=%s queue=%s", outcome.status, job.event.transaction_id,
+                  outcome.mes_transaction_id, job.queue)  # fmt: skip
+        return _record(job.queue, job.properties, job.event, outcome.mes_transaction_id, status, job.delivered_ms,
+                       confirmed_ms, redelivered)  # fmt: skip
 
     def _ack(self, queue: str, tag: int, properties: pika.BasicProperties, event: InventoryEvent,
              mes_id: str | None, status: str, delivered_ms: int, confirmed_ms: int,
              *, redelivered: bool = False) -> None:  # fmt: skip
         """Log the outcome durably, then ack: a worker killed in between gets the message again,
         and its row says what happened (a row is never lost for a message acked)."""
-        self.sync_log.record(
-            SyncRecord(
-                event.transaction_id,
-                mes_id,
-                status,
-                queue,
-                published_ms_of(properties),
-                delivered_ms,
-                confirmed_ms,
-                _now_ms(),
-                retries_so_far(properties) + 1,
-                redelivered,
-            )  # fmt: skip
-        )
+        rec = _record(queue, properties, event, mes_id, status, delivered_ms, confirmed_ms, redelivered)
+        self.sync_log.record([rec])
         self._channel.basic_ack(tag)
         self.stats.count(status, queue, redelivered)
+
+    def _ack_many(self, settled: list[tuple[_Job, SyncRecord]]) -> None:
+        """``_ack`` for many: one commit, then one ack with ``multiple`` when no message in flight
+        lies below the highest tag (else one ack each: ``multiple`` would take those along). Every
+        lower tag was delivered before (tags grow per channel) and is either in flight or settled."""
+        if not settled:
+            return
+        self.sync_log.record([rec for _, rec in settled])
+        tags = sorted(job.tag for job, _ in settled)
+        for job, _ in settled:
+            del self._inflight[job.tag]
+        if len(tags) > 1 and (not self._inflight or min(self._inflight) > tags[-1]):
+            self._channel.basic_ack(tags[-1], multiple=True)
+        else:
+            for tag in tags:
+                self._channel.basic_ack(tag)
+        for job, rec in settled:
+            self.stats.count(rec.status, job.queue, rec.redelivered)
 
     def _fail(self, queue: str, tag: int, properties: pika.BasicProperties, body: bytes, reason: str,
               *, retryable: bool) -> None:  # fmt: skip
@@ -376,6 +395,12 @@ class SyncWorker:
 # Errors of the connection or of our own storage (the sync log): not one message's fault. They
 # leave the message unacked, and the broker delivers it again once the worker is back.
 _NOT_THE_MESSAGES_FAULT = (*CONNECTION_ERRORS, BrokerUnavailable, sqlite3.Error)
+
+
+def _record(queue: str, properties: pika.BasicProperties, event: InventoryEvent, mes_id: str | None, status: str,
+            delivered_ms: int, confirmed_ms: int, redelivered: bool) -> SyncRecord:  # fmt: skip
+    return SyncRecord(event.transaction_id, mes_id, status, queue, published_ms_of(properties), delivered_ms,
+                      confirmed_ms, _now_ms(), retries_so_far(properties) + 1, redelivered)  # fmt: skip
 
 
 def _cutover_route(settings: Settings, live: MesApi, shadow: MesApi | None, worker_id: str) -> LiveRoute:
