@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -435,3 +436,79 @@ def test_a_worker_killed_between_the_mes_answer_and_the_ack(settings, topology, 
     assert sum(_stock(client).values()) == Decimal(20)
     rows = SyncLog(settings.home / "sync.sqlite").records()
     assert {(r.status, r.redelivered) for r in rows} == {("applied", True)} and len(rows) == 20
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+@pytest.mark.slow
+def test_several_workers_share_the_queues_and_one_killed_is_restarted(settings, topology, connection, client, mes):
+    """`sync-worker --processes 3`: kill -9 one worker mid-stream; the supervisor restarts it,
+    the others take its unacked messages, and every event is applied exactly once."""
+    set_config(Path(os.environ["INVSYNC_CONFIG"]), sync={"batch_max_events": 5, "prefetch": 20})
+    client.set_faults(latency_ms=200)
+    events = [event(material_number=f"W-{i % 10}", quantity="1") for i in range(300)]
+    publish_events(connection, topology.exchange, events)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invsync_pipeline.cli", "sync-worker", "--processes", "3", "--log-level", "INFO"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_or_show(proc, lambda: len(_children(proc.pid)) == 3 and len(_applied_ids(client)) >= 30,
+                      "3 workers and 30 applied")  # fmt: skip
+        first = _children(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        assert len(_applied_ids(client)) < 300, "the kill came too late to test anything"
+        _wait_or_show(proc, lambda: len(_children(proc.pid)) == 3 and first[0] not in _children(proc.pid),
+                      "the killed worker restarted")  # fmt: skip
+        client.set_faults(latency_ms=0)
+        _wait_or_show(proc, lambda: len(_applied_ids(client)) == 300, "all 300 applied")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and its workers, if the test failed
+
+    assert proc.returncode == 0, err[-3000:]
+    totals = json.loads(out.strip().splitlines()[-1])
+    assert (totals["workers"], totals["restarts"]) == (3, 1)
+    assert "worker 0" in err and "killed by signal 9" in err
+    applied = _applied_ids(client)
+    assert sorted(applied) == sorted(e["transaction_id"] for e in events)  # each once
+    assert sum(_stock(client).values()) == Decimal(300)
+    rows = SyncLog(settings.home / "sync.sqlite").records()
+    assert sorted(r.transaction_id for r in rows) == sorted(applied)
+    assert {r.status for r in rows} == {"applied"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_workers_stop_themselves_when_their_supervisor_is_killed(settings, topology, mes):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invsync_pipeline.cli", "sync-worker", "--processes", "2", "--log-level", "WARNING"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_or_show(proc, lambda: len(_children(proc.pid)) == 2, "2 workers")
+        workers = _children(proc.pid)
+        proc.kill()
+        proc.wait(10)
+        _wait(lambda: not any(_alive(pid) for pid in workers), timeout=30, what="the orphaned workers to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
