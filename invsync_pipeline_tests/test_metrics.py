@@ -57,8 +57,8 @@ def _sync(settings, rows: list[tuple[str, str, datetime, int | None, int]]) -> N
     log = SyncLog(settings.home / "sync.sqlite")
     for tid, status, acked, lag, attempts in rows:
         confirmed = _ms(acked) - 5
-        log.record(SyncRecord(tid, f"MES-{tid}", status, "plant.wh01.raw", None if lag is None else confirmed - lag,
-                              confirmed - 20, confirmed, _ms(acked), attempts))  # fmt: skip
+        log.record([SyncRecord(tid, f"MES-{tid}", status, "plant.wh01.raw", None if lag is None else confirmed - lag,
+                               confirmed - 20, confirmed, _ms(acked), attempts)])  # fmt: skip
     log.close()
 
 
