@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS compensated (
 """
 
 
-def registry(settings: Settings) -> sqlite3.Connection:
-    db = ops_db(settings)
+def registry(settings: Settings, *, any_thread: bool = False) -> sqlite3.Connection:
+    db = ops_db(settings, any_thread=any_thread)
     db.execute(_SCHEMA)
     return db
 
@@ -57,3 +57,16 @@ def compensated_by(db: sqlite3.Connection, transaction_id: str, system: str) -> 
         "SELECT correction_id FROM compensated WHERE transaction_id = ? AND system = ?", (transaction_id, system)
     ).fetchone()
     return row[0] if row else None
+
+
+def compensated_many(db: sqlite3.Connection, transaction_ids: list[str], system: str) -> dict[str, str]:
+    """``compensated_by`` for many at once: transaction_id -> correction_id, for those compensated."""
+    found: dict[str, str] = {}
+    for start in range(0, len(transaction_ids), 500):
+        chunk = transaction_ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(db.execute(
+            f"SELECT transaction_id, correction_id FROM compensated WHERE system = ? AND transaction_id IN ({marks})",
+            [system, *chunk],
+        ).fetchall())  # fmt: skip
+    return found

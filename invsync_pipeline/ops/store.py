@@ -46,11 +46,12 @@ CREATE INDEX IF NOT EXISTS queue_samples_queue ON queue_samples (queue, sampled_
 _ADDED_COLUMNS = {"queue_samples": ("dead_letter INTEGER", "total INTEGER")}
 
 
-def ops_db(settings: Settings) -> sqlite3.Connection:
-    """A connection to ``<home>/ops.sqlite`` with the tables in place (WAL, several writers)."""
+def ops_db(settings: Settings, *, any_thread: bool = False) -> sqlite3.Connection:
+    """A connection to ``<home>/ops.sqlite`` with the tables in place (WAL, several writers).
+    ``any_thread``: usable from several threads (the caller serialises its use)."""
     path: Path = settings.home / "ops.sqlite"
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not any_thread)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(_SCHEMA)
     for table, columns in _ADDED_COLUMNS.items():

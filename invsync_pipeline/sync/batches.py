@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from invsync_pipeline.sources.mes import MesApi, MesUnavailable
+from invsync_pipeline.contract import InventoryEvent
+from invsync_pipeline.sources.mes import MesApi, MesUnavailable, PostResult
 from invsync_pipeline.sync.route import post_many_or_find
 
 log = logging.getLogger("invsync.sync")
 
 Outcomes = Callable[[list[Any], list[Any], int], None]  # (jobs, outcome per job, confirmed ms)
+Screen = Callable[[list[InventoryEvent]], dict[str, PostResult]]  # the events not to post, with their outcome
 
 
 @dataclass
@@ -35,8 +37,10 @@ class _Open:
 class Batcher:
     """The open batch per MES of one worker connection (all methods on the I/O thread)."""
 
-    def __init__(self, pool: ThreadPoolExecutor, max_events: int, window_ms: float, outcomes: Outcomes, stats: Any):
-        self.pool, self.max_events, self.window_s, self.outcomes = pool, max_events, window_ms / 1000, outcomes
+    def __init__(self, pool: ThreadPoolExecutor, max_events: int, window_ms: float, screen: Screen,
+                 outcomes: Outcomes, stats: Any):  # fmt: skip
+        self.pool, self.max_events, self.window_s = pool, max_events, window_ms / 1000
+        self.screen, self.outcomes = screen, outcomes
         self.stats = stats  # the worker's figures: mes_calls counts each batch
         self._open: dict[int, _Open] = {}
 
@@ -68,10 +72,15 @@ class Batcher:
             job.future = future
 
     def _call(self, conn: Any, target: MesApi, jobs: list[Any]) -> None:
-        """Pool thread: one MES call for the batch; never touches the channel."""
-        self.stats.mes_calls += 1
+        """Pool thread: one MES call for the batch (for the events the screen lets through); never
+        touches the channel."""
         try:
-            outcomes: list[Any] = post_many_or_find(target, [job.event for job in jobs])
+            settled = self.screen([job.event for job in jobs])
+            to_post = [job.event for job in jobs if job.event.transaction_id not in settled]
+            if to_post:
+                self.stats.mes_calls += 1
+            posted = iter(post_many_or_find(target, to_post) if to_post else [])
+            outcomes: list[Any] = [settled.get(job.event.transaction_id) or next(posted) for job in jobs]
         except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
             outcomes = [MesUnavailable(f"unexpected error calling the MES: {exc!r}", "")] * len(jobs)
         confirmed_ms = time.time_ns() // 1_000_000

@@ -104,6 +104,18 @@ class SyncLog:
             ).fetchone()
         return row[0] if row else None
 
+    def seen_many(self, transaction_ids: list[str]) -> dict[str, str]:
+        """``seen`` for many at once: transaction_id -> MES id, for those applied before."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(transaction_ids), 500):
+                chunk = transaction_ids[start : start + 500]
+                found.update(self._conn.execute(
+                    f"SELECT transaction_id, mes_transaction_id FROM sync_log WHERE status IN {IN_MES} "
+                    f"AND transaction_id IN ({','.join('?' * len(chunk))})", chunk,
+                ).fetchall())  # fmt: skip
+        return found
+
     def record(self, recs: list[SyncRecord]) -> None:
         """Commit the rows now, in one transaction: the caller acks their messages only after this
         returns. A row for a transaction already there is kept (the first outcome counts)."""

@@ -37,12 +37,12 @@ from invsync_pipeline.contract import ContractLimits, ContractViolation, Invento
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.retry import CONNECTION_ERRORS, retries_so_far, send_on
 from invsync_pipeline.messaging.topology import apply_topology
-from invsync_pipeline.ops.compensations import compensated_by, registry
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.mes import MesApi, MesAuthError, MesClient, MesRejected, MesUnavailable, PostResult
 from invsync_pipeline.sync.batches import Batcher
 from invsync_pipeline.sync.queues import in_window, plant_queues
 from invsync_pipeline.sync.route import LiveRoute
+from invsync_pipeline.sync.screen import Screen
 from invsync_pipeline.sync.sync_log import SyncLog, SyncRecord, WorkerStats, published_ms_of
 
 log = logging.getLogger("invsync.sync")
@@ -94,12 +94,13 @@ class SyncWorker:
         self._inflight: dict[int, _Job] = {}
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
         self._pool = ThreadPoolExecutor(max_workers=settings.sync.mes_concurrency, thread_name_prefix="mes")
+        self._screen = Screen(settings, self.sync_log)
         self._batcher = Batcher(self._pool, settings.sync.batch_max_events, settings.sync.batch_window_ms,
-                                self._on_batch_outcomes, self.stats)  # fmt: skip
+                                self._screen, self._on_batch_outcomes, self.stats)  # fmt: skip
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._topology = None
-        self._compensations: sqlite3.Connection | None = None
+        self._limits = ContractLimits.from_settings(settings)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -220,8 +221,7 @@ class SyncWorker:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._drop_connection()
         self.sync_log.close()
-        if self._compensations is not None:
-            self._compensations.close()
+        self._screen.close()
         with contextlib.suppress(Exception):
             self.route.leave()
 
@@ -252,7 +252,7 @@ class SyncWorker:
     ) -> None:
         delivered_ms = _now_ms()
         try:
-            event = parse_event(body, limits=ContractLimits.from_settings(self.settings))
+            event = parse_event(body, limits=self._limits)
         except ContractViolation as violation:
             self._fail(queue, method.delivery_tag, properties, body, f"invalid: {violation}", retryable=False)
             return
@@ -261,24 +261,8 @@ class SyncWorker:
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
         redelivered = bool(getattr(method, "redelivered", False))
-        if (mes_id := self.sync_log.seen(event.transaction_id)) is not None:
-            self._ack(queue, method.delivery_tag, properties, event, mes_id, "duplicate", delivered_ms, delivered_ms,
-                      redelivered=redelivered)  # fmt: skip
-            return
-        if (correction := self._compensated_by(event.transaction_id)) is not None:
-            # A correction stands for this movement by an adjustment: applying the late original
-            # as well would count it twice (ops/compensations.py).
-            log.info("compensated tx=%s by %s: not applied", event.transaction_id, correction)
-            self._ack(queue, method.delivery_tag, properties, event, None, "compensated", delivered_ms, delivered_ms,
-                      redelivered=redelivered)  # fmt: skip
-            return
         delivery = self.route.deliver(event)
-        if delivery.batch_to is not None:
-            job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, None, redelivered=redelivered)
-            self._inflight[job.tag] = job
-            self._batcher.add(self._conn, delivery.batch_to, job)
-            return
-        if delivery.apply is None:
+        if delivery.apply is None and delivery.batch_to is None:
             log.debug("skipped tx=%s: %s", event.transaction_id, delivery.skip)
             self._ack(queue, method.delivery_tag, properties, event, None, "skipped", delivered_ms, delivered_ms,
                       redelivered=redelivered)  # fmt: skip
@@ -286,18 +270,20 @@ class SyncWorker:
         job = _Job(queue, method.delivery_tag, properties, body, event, delivered_ms, delivery.apply,
                    redelivered=redelivered)  # fmt: skip
         self._inflight[job.tag] = job
-        job.future = self._pool.submit(self._call_mes, job, self._conn)
-
-    def _compensated_by(self, transaction_id: str) -> str | None:
-        if self._compensations is None:  # opened on the I/O thread, which alone uses it
-            self._compensations = registry(self.settings)
-        return compensated_by(self._compensations, transaction_id, "MES")
+        # Whether it was applied before or a correction compensated it is looked up just before
+        # the call, for a whole batch at once (screen.py).
+        if delivery.batch_to is not None:
+            self._batcher.add(self._conn, delivery.batch_to, job)
+        else:
+            job.future = self._pool.submit(self._call_mes, job, self._conn)
 
     def _call_mes(self, job: _Job, conn: pika.BlockingConnection) -> None:
         """Pool thread: the MES call. Never touches the channel; hands the outcome back."""
         try:
-            self.stats.mes_calls += 1
-            outcome: Any = job.apply()
+            outcome: Any = self._screen([job.event]).get(job.event.transaction_id)
+            if outcome is None:
+                self.stats.mes_calls += 1
+                outcome = job.apply()
         except (MesUnavailable, MesRejected, MesAuthError) as exc:
             outcome = exc
         except Exception as exc:  # noqa: BLE001 - an unexpected client error is retried, not lost
