@@ -6,7 +6,7 @@ the ERP: it enqueues events into the outbox at a steady rate. Lag per event is t
 confirmation time minus the time the ERP enqueued it (both on this machine's clock), read from
 the worker's sync log.
 
-    .venv/bin/python bench/sync_lag.py [--seconds 20]
+    .venv/bin/python bench/sync_lag.py [--seconds 20] [--burst 100000] [--workers 1]
 
 Prints one JSON line last: {"p50_ms", "p95_ms", "p99_ms", "rate_per_s": 200, "p99_ms_at_1000",
 "max_per_s", "catchup_s_100k", "workers", "batch_max_events", "unbatched_max_per_s"}: the last is the
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline-burst", type=int, default=20_000, help="backlog for the unbatched worker (0: skip the baseline)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (sync-worker --processes)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="invsync-lag-"))
@@ -140,7 +141,8 @@ def main() -> None:
             except requests.RequestException:
                 time.sleep(0.1)
         cli = [sys.executable, "-m", "invsync_pipeline.cli"]
-        worker = subprocess.Popen([*cli, "sync-worker", "--log-level", "WARNING"], env=env)
+        worker_cmd = [*cli, "sync-worker", "--log-level", "WARNING", "--processes", str(args.workers)]
+        worker = subprocess.Popen(worker_cmd, env=env)
         procs.append(worker)
         procs.append(subprocess.Popen([*cli, "outbox", "relay"], env=env, stdout=subprocess.DEVNULL))
         sync_db = home / "sync.sqlite"
@@ -170,8 +172,7 @@ def main() -> None:
             config = home / "unbatched.yaml"
             base = yaml.safe_load(config_file().read_text())
             config.write_text(yaml.safe_dump({**base, "sync": {**(base.get("sync") or {}), "batch_max_events": 1}}))
-            procs.append(subprocess.Popen([*cli, "sync-worker", "--log-level", "WARNING"],
-                                          env={**env, "INVSYNC_CONFIG": str(config)}))  # fmt: skip
+            procs.append(subprocess.Popen(worker_cmd, env={**env, "INVSYNC_CONFIG": str(config)}))
             unbatched, _ = burst(settings, sync_db, "unbatched", args.baseline_burst)
             print(f"the same worker unbatched: {unbatched:.0f} events/s", file=sys.stderr)
     finally:
@@ -187,7 +188,7 @@ def main() -> None:
     at_200, at_1000 = results[200], results[1000]
     figures = {"p50_ms": at_200[0.5], "p95_ms": at_200[0.95], "p99_ms": at_200[0.99], "rate_per_s": 200,
                "p99_ms_at_1000": at_1000[0.99], "max_per_s": round(max_per_s),
-               f"catchup_s_{args.burst // 1000}k": round(catchup_s, 1), "workers": 1,
+               f"catchup_s_{args.burst // 1000}k": round(catchup_s, 1), "workers": args.workers,
                "batch_max_events": settings.sync.batch_max_events,
                "unbatched_max_per_s": round(unbatched) if unbatched else None}  # fmt: skip
     print(json.dumps(figures))
