@@ -65,6 +65,7 @@ from _backfill_sql import (
 
 from invsync_pipeline.messaging.staged_log import HOUR_DIR_FORMAT
 from invsync_pipeline.recon.rules import load_rules
+from invsync_pipeline.settings import load_settings
 from invsync_pipeline.warehouse import open_warehouse
 
 HOUR_US = 3_600_000_000
@@ -154,7 +155,9 @@ class _History:
     def __init__(self, home: Path, keys: list[_Key], hours: int, events_per_hour: int, seed: int):
         self.events_dir = home / "staged" / "events"
         self.keys, self.hours, self.events_per_hour, self.seed = keys, hours, events_per_hour, seed
-        self.rules = load_rules()
+        settings = load_settings()
+        self.rules = load_rules(settings.reconciliation.rules_path)
+        self.window = settings.reconciliation.in_flight_window_minutes  # as the live runs recorded it
         self.rng = random.Random(f"invsync-backfill-discrepancies:{seed}")
         self.scale = min(1.0, len(keys) / 1000, events_per_hour / 1000)
         self.stride = 10 ** len(str(events_per_hour + 1000))  # transaction numbers: hour * stride + seq
@@ -208,7 +211,7 @@ class _History:
         for script in (REGULAR_EVENTS, EVENTS, EFFECTS, COUNTS, BALANCES, SNAPSHOTS):
             _run(con, script, params)
         if self.prev:
-            _investigation_inputs(con, prev_hour, prev_observed_us, prev_backlog)
+            _investigation_inputs(con, prev_hour, prev_observed_us, prev_backlog, self.window)
         self.prev = (hour, observed_us, sum(d.kind in ("pending_sync", "retrying") for d in discs))
         self._write_segments(con, hour, params)
         # What the hour's first investigation found, and what the rules decided about it.
@@ -262,7 +265,7 @@ class _History:
 
     def finish(self, con: duckdb.DuckDBPyConnection) -> None:
         if self.prev:
-            _investigation_inputs(con, *self.prev)
+            _investigation_inputs(con, *self.prev, self.window)
         _store_corrections(con, self.corrections, self.audit)
         con.register("materials_frame", _materials(self.keys, datetime.fromtimestamp(self.last_taken_us / 1e6, UTC)))
         con.execute("""INSERT INTO snapshots.erp_materials SELECT material_number, material_type, base_unit,

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pandas as pd
 
-from invsync_pipeline.recon.corrections import correction_id
+from invsync_pipeline.recon.corrections import _method, correction_id
 from invsync_pipeline.recon.rules import Rules
 
 # Injected per hour (scaled down for very small plants). applied_twice is what the investigation
@@ -180,6 +180,7 @@ def _decide(rules: Rules, hour: datetime, key: _Key, finding: tuple) -> dict:
     value = (abs(quantity) * key.unit_cost).quantize(Decimal("0.01"))
     threshold = rules.threshold_for(key.material_type, key.abc_class)
     critical = pct > Decimal(str(threshold.critical_pct)) or value > Decimal(str(threshold.critical_value))
+    method = _method(cause, target == system, True, rules)  # its movements are all in the staged log
     if cause in rules.always_review:
         note = f"cause {cause} always waits for a person"
     elif critical:
@@ -191,9 +192,10 @@ def _decide(rules: Rules, hour: datetime, key: _Key, finding: tuple) -> dict:
             "partition_hour": hour, "material_number": key.material_number, "material_type": key.material_type,
             "location": key.location, "unit": unit, "cause": cause, "target_system": target, "quantity": quantity,
             "truth": rule.truth, "rule": rule.name, "pct_of_balance": pct, "value": value, "critical": critical,
-            "status": "held_for_review" if critical or cause in rules.always_review else "applied",
+            "status": "held_for_review" if critical or cause in rules.always_review or method == "count" else "applied",
             "decided_by": f"auto:{rule.name}", "before_quantity": erp if target == "ERP" else mes,
-            "explained_by": sorted(tx_ids), "note": note}  # fmt: skip
+            "explained_by": sorted(tx_ids), "note": note,
+            "method": method}  # fmt: skip
 
 
 def _record(c: dict, held: bool, resolved: bool, decided_us: int, effective: datetime, rng: random.Random,

@@ -329,7 +329,7 @@ def _store_corrections(con: duckdb.DuckDBPyConnection, corrections: list[dict], 
     columns = ["correction_id", "partition_hour", "material_number", "material_type", "location", "unit", "cause",
                "target_system", "quantity", "truth", "rule", "pct_of_balance", "value", "critical", "status",
                "decided_by", "decided_at", "before_quantity", "after_quantity", "explained_by", "effective_at",
-               "note"]  # fmt: skip
+               "note", "method"]  # fmt: skip
     decimals = {"quantity", "pct_of_balance", "value", "before_quantity", "after_quantity"}
     frame = pd.DataFrame([[str(c[n]) if n in decimals and c[n] is not None else c[n] for n in columns]
                           for c in corrections], columns=columns).astype(object)  # fmt: skip
@@ -351,10 +351,11 @@ def _store_corrections(con: duckdb.DuckDBPyConnection, corrections: list[dict], 
     con.unregister("audit_frame")
 
 
-def _investigation_inputs(con: duckdb.DuckDBPyConnection, hour: datetime, observed_us: int, backlog_rows: int) -> None:
+def _investigation_inputs(con: duckdb.DuckDBPyConnection, hour: datetime, observed_us: int, backlog_rows: int,
+                          window_minutes: int) -> None:  # fmt: skip
     con.execute(
         """INSERT INTO recon.investigation_inputs
            SELECT $hour, make_timestamptz($observed_us), $backlog,
-                  (SELECT count(*) FROM recon.mes_applied_observed WHERE partition_hour = $hour)""",
-        {"hour": hour, "observed_us": observed_us, "backlog": backlog_rows},
+                  (SELECT count(*) FROM recon.mes_applied_observed WHERE partition_hour = $hour), $window""",
+        {"hour": hour, "observed_us": observed_us, "backlog": backlog_rows, "window": window_minutes},
     )
