@@ -4,7 +4,11 @@ N material-locations with 10 staged events each (receipts, issues, transfers to 
 adjustments incl. RECON corrections, a few cycle counts), both systems' begin and end balances
 consistent with the events, then a few differences carried over from an earlier hour, ~0.5% of end
 balances perturbed and a few events missing in one system, booked under another unit, held in the
-pipeline or applied late, so every cause of the investigation occurs. Everything is DuckDB SQL and
+pipeline, applied late or still within the in-flight window, so every cause of the investigation
+occurs. The hour was reconciled and investigated once before (as the assets store it): when, which
+movements the first reconciliation saw (a few ERP documents buffered in the outbox were staged only
+after it), what it kept from the pipeline and the MES, and the look it took at movements an earlier
+hour found in flight (some arrived, some still missing). Everything is DuckDB SQL and
 deterministic: every random choice is hash(row, salt).
 """
 
@@ -18,6 +22,10 @@ from invsync_pipeline.warehouse import open_warehouse
 HOUR = datetime(2026, 1, 5, 10, tzinfo=UTC)
 EVENTS_PER_KEY = 10
 LOCATIONS_PER_MATERIAL = 20  # WH01..WH05 x SL01..SL04
+# The hour was first reconciled and investigated a minute after it ended, with this in-flight
+# window: a movement missing in one system from the hour's last 29 minutes may still be on its way.
+FIRST_RECONCILED_AT = HOUR + timedelta(hours=1, minutes=1)
+IN_FLIGHT_WINDOW_MINUTES = 30
 
 GENERATE = [
     "CREATE TEMP MACRO rnd(x, salt, n) AS (hash(x, salt) % n)::BIGINT",
@@ -30,6 +38,10 @@ GENERATE = [
     # Quantities are generated as exact integers in thousandths and stored as DECIMAL(18,6).
     "CREATE TEMP MACRO qty(milli) AS (milli / 1000)::DECIMAL(18, 6)",
     "CREATE TEMP MACRO begin_milli(k) AS 1000000 + rnd(k, 40, 1000000)",
+    # Held for review in an earlier hour: at ~0.3% of the uncounted locations the MES began (and
+    # ends) this one short by this much.
+    "CREATE TEMP MACRO held_milli(k) AS CASE WHEN rnd(k, 34, 1000) < 3 AND rnd(k, 41, 10) <> 0 "
+    "THEN 1 + rnd(k, 35, 50000) ELSE 0 END",
     "CREATE TEMP MACRO at_us(us) AS getvariable('hour') + to_microseconds(us::BIGINT)",
     """CREATE TEMP MACRO reason_of(kind, source) AS CASE kind
            WHEN 'receipt' THEN 'purchase_receipt' WHEN 'issue' THEN 'production_issue'
@@ -151,8 +163,7 @@ GENERATE = [
                        THEN (CASE WHEN rnd(k, 33, 2) = 0 THEN -1 ELSE 1 END) * (1 + rnd(k, 31, 50000))
                        ELSE 0 END AS delta,
                   rnd(k, 32, 2) = 0 AS in_erp,
-                  -- held for review in an earlier hour: the MES began (and ends) this one short
-                  CASE WHEN rnd(k, 34, 1000) < 3 AND rnd(k, 41, 10) <> 0 THEN 1 + rnd(k, 35, 50000) ELSE 0 END AS held
+                  held_milli(k) AS held
            FROM range(getvariable('n_keys')) AS r(k)
        )
        SELECT p.kk, p.b - coalesce(r.to_erp, 0) AS erp_begin, p.b - coalesce(r.to_mes, 0) - p.held AS mes_begin,
@@ -167,6 +178,12 @@ GENERATE = [
        LEFT JOIN g_net AS m ON m.kk = p.kk AND m.system = 'MES'""",
     """CREATE TEMP TABLE g_missing_mes AS
        SELECT i, row_number() OVER (ORDER BY i) AS n FROM g_events WHERE missing_mes""",
+    # The ERP's unpublished documents: the first was quarantined by the drain, every second one was
+    # buffered in the ERP outbox through a broker outage when the hour was first reconciled (and
+    # staged into the hour only after that), the others were never published.
+    """CREATE TEMP TABLE g_erp_docs AS
+       SELECT *, row_number() OVER (ORDER BY kk) AS n, n = 1 AS quarantined, n % 2 = 0 AS in_outbox
+       FROM g_docs WHERE system = 'ERP'""",
     # --- the tables the reconciliation reads ---
     """INSERT INTO snapshots.erp_materials
        SELECT material_no(m), material_type_of(m), unit_of(m), ((1 + rnd(m, 14, 50000)) / 100)::DECIMAL(18, 6),
@@ -185,6 +202,18 @@ GENERATE = [
                   || '.' || e.transaction_type,
               'bench-' || lpad((e.i // 100000)::VARCHAR, 5, '0')
        FROM g_events AS e LEFT JOIN g_counts AS c USING (i)""",
+    # The outbox's documents, staged after the hour's first reconciliation: its check (and every
+    # re-run of it) leaves them out, so they still explain the hour's variances as in the outbox.
+    """INSERT INTO staging.inventory_events
+       SELECT getvariable('hour'), transaction_id, at_us(t_us), 'ERP', NULL, material_no(kk // 20),
+              material_type_of(kk // 20), transaction_type, reason_of(transaction_type, 'ERP'), qty(q),
+              unit_of(kk // 20), location_name(kk % 20), NULL, '50' || lpad(kk::VARCHAR, 10, '0'), '101',
+              getvariable('first_reconciled_at') + INTERVAL 95 MINUTE,
+              getvariable('first_reconciled_at') + INTERVAL 95 MINUTE + to_microseconds(1 + rnd(kk, 27, 4000000)),
+              'inventory.wh' || lpad((kk % 20 // 4 + 1)::VARCHAR, 2, '0') || '.' || material_type_of(kk // 20)
+                  || '.' || transaction_type,
+              'bench-late'
+       FROM g_erp_docs WHERE in_outbox""",
     """INSERT INTO snapshots.erp_inventory
        SELECT getvariable('hour'), material_no(kk // 20), material_type_of(kk // 20), location_name(kk % 20),
               unit_of(kk // 20), qty(erp_begin), qty(erp_end), getvariable('taken_at'), 'as_of_reconstruction'
@@ -222,8 +251,8 @@ GENERATE = [
        SELECT getvariable('hour'), transaction_id, 'MES-' || transaction_id, 'applied', at_us(t_us),
               at_us(t_us + 2000000), material_no(kk // 20), location_name(kk % 20), unit_of(kk // 20), qty(q)
        FROM g_docs WHERE system = 'MES'""",
-    # A handful of held messages: three of the MES's missing events, one unpublished ERP document
-    # that was quarantined, and one quarantined message whose transaction_id could not be read.
+    # A handful of held messages: three of the MES's missing events, the unpublished ERP documents
+    # in the outbox or quarantined, and one quarantined message whose transaction_id could not be read.
     """INSERT INTO recon.pipeline_backlog
        SELECT getvariable('hour'), 'TX-' || lpad(e.i::VARCHAR, 9, '0'),
               (['plant.wh01.raw', 'retry.1', 'parking'])[g.n], (['pending_sync', 'retrying', 'dead_lettered'])[g.n],
@@ -235,7 +264,12 @@ GENERATE = [
        SELECT getvariable('hour'), transaction_id, 'quarantine', 'quarantined', material_no(kk // 20),
               location_name(kk % 20), unit_of(kk // 20), qty(q), NULL, 'quantity: not a decimal',
               getvariable('taken_at')
-       FROM (SELECT * FROM g_docs WHERE system = 'ERP' ORDER BY kk LIMIT 1)
+       FROM g_erp_docs WHERE quarantined
+       UNION ALL
+       SELECT getvariable('hour'), transaction_id, 'outbox', 'in_flight', material_no(kk // 20),
+              location_name(kk % 20), unit_of(kk // 20), qty(q), NULL,
+              'buffered in the ERP outbox, not yet confirmed by the broker', getvariable('taken_at')
+       FROM g_erp_docs WHERE in_outbox
        UNION ALL
        SELECT getvariable('hour'), NULL, 'quarantine', 'quarantined', NULL, NULL, NULL, NULL, NULL,
               'body is not JSON', getvariable('taken_at')""",
@@ -244,9 +278,33 @@ GENERATE = [
     """INSERT INTO recon.mes_applied_observed
        SELECT getvariable('hour'), 'TX-' || lpad(i::VARCHAR, 9, '0'), getvariable('hour') + INTERVAL 63 MINUTE
        FROM g_missing_mes WHERE n BETWEEN 4 AND 6""",
+    # An earlier hour found movements in flight at the locations the MES began this hour short
+    # of; its window has passed, so the first investigation of this hour looked again: one in four
+    # of them arrived since, one in four is still in the pipeline, the others are missing. A
+    # missing one explains part of the carried difference, or (with one the ERP lacks) all of it.
+    """CREATE TEMP TABLE g_in_flight AS
+       SELECT k AS kk, held_milli(k) AS held, rnd(k, 36, 4) AS case_no FROM range(getvariable('n_keys')) AS r(k)
+       WHERE held_milli(k) > 0""",
+    """INSERT INTO recon.in_flight_checks
+       SELECT getvariable('hour'), 'TX-PREV-M' || lpad(kk::VARCHAR, 9, '0'), material_no(kk // 20),
+              location_name(kk % 20), unit_of(kk // 20), 'MES',
+              qty(CASE case_no WHEN 2 THEN (held + 1) // 2 WHEN 3 THEN held + 1 + rnd(kk, 37, 5000)
+                  ELSE 1 + rnd(kk, 37, 5000) END),
+              getvariable('hour') - to_microseconds(600000000 + rnd(kk, 38, 1800000000)),
+              getvariable('hour') - INTERVAL 1 HOUR, 'missing_in_mes',
+              (['arrived', 'in_pipeline', 'missing', 'missing'])[1 + case_no], getvariable('taken_at')
+       FROM g_in_flight
+       UNION ALL
+       SELECT getvariable('hour'), 'TX-PREV-E' || lpad(kk::VARCHAR, 9, '0'), material_no(kk // 20),
+              location_name(kk % 20), unit_of(kk // 20), 'ERP', qty(1 + rnd(kk, 37, 5000)),
+              getvariable('hour') - to_microseconds(600000000 + rnd(kk, 39, 1800000000)),
+              getvariable('hour') - INTERVAL 1 HOUR, 'missing_in_erp', 'missing', getvariable('taken_at')
+       FROM g_in_flight WHERE case_no = 3""",
+    # When the hour was first reconciled: its check covers the movements staged by then.
+    "INSERT INTO recon.reconciled_hours VALUES (getvariable('hour'), getvariable('first_reconciled_at'))",
     """INSERT INTO recon.investigation_inputs
        SELECT getvariable('hour'), getvariable('taken_at'), (SELECT count(*) FROM recon.pipeline_backlog),
-              (SELECT count(*) FROM recon.mes_applied_observed)""",
+              (SELECT count(*) FROM recon.mes_applied_observed), getvariable('window_minutes')""",
 ]
 
 
@@ -256,7 +314,9 @@ def generate(db: Path, material_locations: int) -> dict:
         conn.execute("SET VARIABLE n_keys = $n", {"n": material_locations})
         conn.execute("SET VARIABLE n_events = $n", {"n": material_locations * EVENTS_PER_KEY})
         conn.execute("SET VARIABLE hour = $h::TIMESTAMPTZ", {"h": HOUR})
-        conn.execute("SET VARIABLE taken_at = $t::TIMESTAMPTZ", {"t": HOUR + timedelta(hours=1, minutes=1)})
+        conn.execute("SET VARIABLE taken_at = $t::TIMESTAMPTZ", {"t": FIRST_RECONCILED_AT})
+        conn.execute("SET VARIABLE first_reconciled_at = $t::TIMESTAMPTZ", {"t": FIRST_RECONCILED_AT})
+        conn.execute("SET VARIABLE window_minutes = $w::INTEGER", {"w": IN_FLIGHT_WINDOW_MINUTES})
         for statement in GENERATE:
             conn.execute(statement)
         counts = {
@@ -269,6 +329,7 @@ def generate(db: Path, material_locations: int) -> dict:
                 "snapshots.mes_applied",
                 "recon.pipeline_backlog",
                 "recon.mes_applied_observed",
+                "recon.in_flight_checks",
             )
         }
         conn.execute("CHECKPOINT")

@@ -1,5 +1,6 @@
 """The timed DuckDB side of bench/reconcile.py: what the inventory_variances and
-variance_investigation assets do in the warehouse for the hour."""
+variance_investigation assets do in the warehouse for the hour (recon/variances.sql, then
+recon/explained_movements.sql and recon/variance_investigation.sql)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,20 @@ from invsync_pipeline.warehouse import open_warehouse, sql
 
 
 def reconcile_hour(conn) -> None:
-    """What inventory_variances and variance_investigation do in the warehouse for the hour. The
-    investigation's inputs from the broker and the MES were kept by the hour's first investigation
-    (recon.pipeline_backlog, recon.mes_applied_observed), so it only checks they are there."""
+    """What inventory_variances and variance_investigation do in the warehouse for the hour
+    (invsync_pipeline/assets/variances.py). The hour's first reconciliation and investigation
+    already happened: which movements its check covers (recon.reconciled_hours) and what it kept
+    from the pipeline, the MES and the look at movements earlier hours found in flight
+    (recon.pipeline_backlog, recon.mes_applied_observed, recon.in_flight_checks,
+    recon.investigation_inputs) were stored by the generation, so this is the re-run the assets do
+    for an hour they reconciled before. The assets' own statements run all the same."""
     conn.execute("BEGIN TRANSACTION")
+    conn.execute(
+        """INSERT INTO recon.reconciled_hours
+           SELECT hour, now() FROM unnest(CAST(? AS TIMESTAMPTZ[])) AS t(hour)
+           WHERE hour NOT IN (SELECT partition_hour FROM recon.reconciled_hours)""",
+        [[HOUR]],
+    )
     conn.execute("DELETE FROM recon.variances WHERE partition_hour = ?", [HOUR])
     conn.execute(f"INSERT INTO recon.variances {sql('recon/variances')}", {"first_hour": HOUR, "last_hour": HOUR})
     conn.execute(
@@ -36,11 +47,10 @@ def reconcile_hour(conn) -> None:
     observed = conn.execute("SELECT observed_at FROM recon.investigation_inputs WHERE partition_hour = ?", [HOUR])
     assert observed.fetchone() is not None, "generation did not store the investigation's inputs"
     conn.execute("BEGIN TRANSACTION")
-    conn.execute("DELETE FROM recon.variance_investigation WHERE partition_hour = ?", [HOUR])
-    conn.execute(
-        f"INSERT INTO recon.variance_investigation {sql('recon/variance_investigation')}",
-        {"partition_hour": HOUR},
-    )
+    for table, query in (("recon.explained_movements", "recon/explained_movements"),
+                         ("recon.variance_investigation", "recon/variance_investigation")):  # fmt: skip
+        conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [HOUR])
+        conn.execute(f"INSERT INTO {table} {sql(query)}", {"partition_hour": HOUR})
     conn.execute(
         """SELECT cause, system, count(*) AS rows, sum(abs(explained_quantity)) AS quantity,
                   sum(len(transaction_ids)) AS transactions
@@ -50,6 +60,9 @@ def reconcile_hour(conn) -> None:
     conn.execute(
         "SELECT observed_at, backlog_rows FROM recon.investigation_inputs WHERE partition_hour = ?", [HOUR]
     ).fetchone()
+    conn.execute(
+        "SELECT state, count(*) FROM recon.in_flight_checks WHERE partition_hour = ? GROUP BY ALL", [HOUR]
+    ).fetchall()
     conn.execute("COMMIT")
 
 
@@ -67,4 +80,6 @@ def run_duckdb(db: Path, repeat: int) -> dict:
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         variances = conn.execute("SELECT * FROM recon.variances WHERE partition_hour = ?", [HOUR]).df()
         investigation = conn.execute("SELECT * FROM recon.variance_investigation WHERE partition_hour = ?", [HOUR]).df()
-    return {"seconds": min(runs), "runs": runs, "peak_rss_mb": peak_rss_mb, **summarize(variances, investigation)}
+        movements = conn.execute("SELECT * FROM recon.explained_movements WHERE partition_hour = ?", [HOUR]).df()
+    summary = summarize(variances, investigation, movements)
+    return {"seconds": min(runs), "runs": runs, "peak_rss_mb": peak_rss_mb, **summary}

@@ -1,5 +1,5 @@
-"""The pandas baseline of bench/reconcile.py: variances.sql and variance_investigation.sql as
-merges and groupbys, by the same steps as the SQL."""
+"""The pandas baseline of bench/reconcile.py: recon/variances.sql, recon/explained_movements.sql
+and recon/variance_investigation.sql as merges and groupbys, by the same steps as the SQL."""
 
 from __future__ import annotations
 
@@ -30,12 +30,17 @@ def load_inputs(db: Path) -> dict[str, pd.DataFrame]:
         "FROM snapshots.mes_inventory WHERE partition_hour = $h",
         "materials": "SELECT material_number, material_type, base_unit, unit_cost, abc_class "
         "FROM snapshots.erp_materials",
-        "erp_movements": "SELECT transaction_id, material_number, location, unit, reason, quantity_effect "
+        "erp_movements": "SELECT transaction_id, material_number, location, unit, reason, event_time, quantity_effect "
         "FROM snapshots.erp_movements WHERE partition_hour = $h",
-        "mes_applied": "SELECT transaction_id, status, material_number, location, unit, quantity_effect "
+        "mes_applied": "SELECT transaction_id, status, material_number, location, unit, event_time, quantity_effect "
         "FROM snapshots.mes_applied WHERE partition_hour = $h",
+        "reconciled": "SELECT first_reconciled_at FROM recon.reconciled_hours WHERE partition_hour = $h",
+        "inputs": "SELECT observed_at, in_flight_window_minutes "
+        "FROM recon.investigation_inputs WHERE partition_hour = $h",
         "backlog": "SELECT transaction_id, kind, place, reason FROM recon.pipeline_backlog WHERE partition_hour = $h",
         "applied_now": "SELECT transaction_id, applied_at FROM recon.mes_applied_observed WHERE partition_hour = $h",
+        "in_flight_checks": "SELECT transaction_id, material_number, location, unit, system, quantity, event_time, "
+        "in_flight_since, cause_if_missing, state FROM recon.in_flight_checks WHERE partition_hour = $h",
         "earlier": "SELECT partition_hour, material_number, location, unit, transaction_ids "
         "FROM recon.variance_investigation WHERE partition_hour < $h AND cause <> 'carried_over'",
     }
@@ -46,13 +51,22 @@ def load_inputs(db: Path) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def first_seen(inp: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The hour's events as its first reconciliation saw them: those staged by then (all of them
+    if the hour was never reconciled), as the SQL's `events` does."""
+    ev, reconciled = inp["events"], inp["reconciled"]["first_reconciled_at"]
+    if reconciled.empty:
+        return ev
+    return ev[ev["received_at"] <= reconciled.iloc[0]]
+
+
 def signed_quantity(events: pd.DataFrame) -> pd.Series:
     outgoing = events["transaction_type"].isin(["issue", "transfer"])
     return events["quantity"].where(~outgoing, -events["quantity"])
 
 
 def pandas_variances(inp: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    ev = inp["events"]
+    ev = first_seen(inp)
     transfers = ev[ev["transaction_type"] == "transfer"]
     cols = ["event_time", "material_number", "location", "unit", "target_system"]
     effects = pd.concat(
@@ -103,21 +117,47 @@ def pandas_variances(inp: dict[str, pd.DataFrame]) -> pd.DataFrame:
     out["pct_difference"] = (100 * out["abs_difference"] / larger).round(4)
     out = out.merge(inp["materials"], on="material_number", how="left")
     out["warehouse"] = out["location"].str.split("/").str[0]
-    out["value_difference"] = (out["abs_difference"] * out["unit_cost"]).round(2)
+    # The unit cost is per base unit: a row in another unit (a unit mismatch) has no value.
+    out["value_difference"] = (out["abs_difference"] * out["unit_cost"]).round(2).where(out["unit"] == out["base_unit"])
     out["is_variance"] = (
         (out["erp_three_way"].abs() > 1e-6) | (out["mes_three_way"].abs() > 1e-6) | (out["abs_difference"] > 1e-6)
     )
     return out
 
 
-def pandas_investigation(variances: pd.DataFrame, inp: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    ev = inp["events"]
+def minutes_between(earlier: pd.Series, later: pd.Timestamp) -> pd.Series:
+    """DuckDB's date_diff('minute', earlier, later): the minute boundaries crossed, as text (NA stays NA)."""
+    minutes = (later.floor("min") - earlier.dt.floor("min")) // pd.Timedelta(minutes=1)
+    return minutes.astype("Int64").astype("string")
+
+
+def pandas_investigation(variances: pd.DataFrame, inp: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """recon.explained_movements and recon.variance_investigation of the hour."""
+    ev = first_seen(inp)
     var = variances.loc[
         variances["is_variance"], [*KEY, "cross_difference", "erp_three_way", "mes_three_way", "erp_begin", "mes_begin"]
     ]
+    # When the hour was first investigated, and the in-flight window then (none: 0 minutes). The
+    # SQL cross-joins this one row: without it, only unit mismatches are explained.
+    inputs = inp["inputs"]
+    observed_at = inputs["observed_at"].iloc[0] if len(inputs) else pd.NaT
+    window = inputs["in_flight_window_minutes"].fillna(0).iloc[0] if len(inputs) else 0
+    window_text = str(int(window))
+    young_after = observed_at - pd.Timedelta(minutes=int(window))
+
+    def observed(x: pd.DataFrame) -> pd.DataFrame:
+        return x if len(inputs) else x.iloc[0:0]
+
+    def young(x: pd.DataFrame) -> pd.Series:
+        return x["event_time"] > young_after
+
+    def in_window_text(x: pd.DataFrame) -> pd.Series:
+        return (minutes_between(x["event_time"], observed_at) + " min old within the " + window_text
+                + "-min in-flight window; looked at again later")  # fmt: skip
+
     moves = ev[ev["transaction_type"] != "cycle_count"]
     transfers = ev[ev["transaction_type"] == "transfer"]
-    cols = ["transaction_id", *KEY, "target_system", "source_system", "reason", "received_at"]
+    cols = ["transaction_id", *KEY, "target_system", "source_system", "reason", "received_at", "event_time"]
     ledger_fx = pd.concat(
         [
             moves[cols].assign(qty=signed_quantity(moves)),
@@ -127,7 +167,7 @@ def pandas_investigation(variances: pd.DataFrame, inp: dict[str, pd.DataFrame]) 
     )
     erp_fx = inp["erp_movements"].rename(columns={"quantity_effect": "qty"})
     mes_fx = inp["mes_applied"]
-    mes_fx = mes_fx.loc[mes_fx["status"] == "applied", ["transaction_id", *KEY, "quantity_effect"]]
+    mes_fx = mes_fx.loc[mes_fx["status"] == "applied", ["transaction_id", *KEY, "event_time", "quantity_effect"]]
     mes_fx = mes_fx.rename(columns={"quantity_effect": "qty"})
     # As the SQL does: only transactions with a row at a variance's material-location-unit can
     # explain one, and every comparison below is by transaction_id.
@@ -137,7 +177,7 @@ def pandas_investigation(variances: pd.DataFrame, inp: dict[str, pd.DataFrame]) 
     ledger_ids = ev.loc[ev["transaction_id"].isin(explaining), "transaction_id"]
     backlog = inp["backlog"].dropna(subset=["transaction_id"]).groupby("transaction_id", as_index=False).first()
 
-    pairs = erp_fx[["transaction_id", *KEY, "qty"]].merge(
+    pairs = erp_fx[["transaction_id", *KEY, "qty", "event_time"]].merge(
         ledger_fx[["transaction_id", *KEY, "qty"]], on="transaction_id", suffixes=("_erp", "_ledger")
     )
     um = pairs[
@@ -148,96 +188,153 @@ def pandas_investigation(variances: pd.DataFrame, inp: dict[str, pd.DataFrame]) 
     um_text = "the message carried " + um["unit_ledger"] + " where the ERP booked " + um["unit_erp"]
     um_ids = um["transaction_id"]
 
-    def frame(src, unit, system, cause, qty, text) -> pd.DataFrame:
+    def frame(src, unit, system, cause, qty, text, since=pd.NaT) -> pd.DataFrame:
         def values(v):  # positional, so the parts' indexes do not matter
             return v.to_numpy() if isinstance(v, pd.Series) else v
 
         return pd.DataFrame(
             {"material_number": values(src["material_number"]), "location": values(src["location"]),
-             "unit": values(unit), "system": system, "cause": values(cause), "qty": values(qty),
-             "transaction_id": values(src["transaction_id"]), "reason_text": values(text)},
+             "unit": values(unit), "system": values(system), "cause": values(cause), "qty": values(qty),
+             "transaction_id": values(src["transaction_id"]), "event_time": values(src["event_time"]),
+             "in_flight_since": values(since), "detail": values(text)},
             index=pd.RangeIndex(len(src)),
         )  # fmt: skip
 
     def held_text(x: pd.DataFrame) -> pd.Series:
         return (x["place"] + ": " + x["reason"]).where(x["place"].notna() & x["reason"].notna())
 
+    um_erp = um.rename(columns={"material_number_erp": "material_number", "location_erp": "location"})
     parts = [
-        frame(um.rename(columns={"material_number_erp": "material_number", "location_erp": "location"}),
-              um["unit_erp"], "MES", "unit_mismatch", um["qty_erp"], um_text),
-        frame(um.rename(columns={"material_number_erp": "material_number", "location_erp": "location"}),
-              um["unit_ledger"], "ERP", "unit_mismatch", um["qty_ledger"], um_text),
-    ]  # fmt: skip
-
-    unpublished = erp_fx[~erp_fx["transaction_id"].isin(ledger_ids) & ~erp_fx["transaction_id"].isin(um_ids)]
-    unpublished = unpublished.merge(backlog, on="transaction_id", how="left", suffixes=("", "_held"))
-    parts.append(
-        frame(unpublished, unpublished["unit"], "MES", unpublished["kind"].fillna("not_published"), unpublished["qty"],
-              held_text(unpublished.drop(columns="reason").rename(columns={"reason_held": "reason"}))
-              .fillna("ERP document with no event on the exchange"))
-    )  # fmt: skip
-
-    for_mes = ledger_fx[
-        (ledger_fx["target_system"].fillna("MES") == "MES")
-        & ~ledger_fx["transaction_id"].isin(mes_fx["transaction_id"])
-        & ~ledger_fx["transaction_id"].isin(um_ids)
+        frame(um_erp, um["unit_erp"], "MES", "unit_mismatch", um["qty_erp"], um_text),
+        frame(um_erp, um["unit_ledger"], "ERP", "unit_mismatch", um["qty_ledger"], um_text),
     ]
+
+    # Booked in the ERP, never in the ledger: in the pipeline, on its way, quarantined, or never sent.
+    unpublished = observed(erp_fx[~erp_fx["transaction_id"].isin(ledger_ids) & ~erp_fx["transaction_id"].isin(um_ids)])
+    unpublished = unpublished.merge(backlog, on="transaction_id", how="left", suffixes=("", "_held"))
+    is_young = young(unpublished)
+    cause = unpublished["kind"].where(unpublished["kind"].notna(), np.where(is_young, "in_flight", "not_published"))
+    text = held_text(unpublished.drop(columns="reason").rename(columns={"reason_held": "reason"}))
+    text = text.fillna(("ERP document not on the exchange yet, " + in_window_text(unpublished)).where(is_young))
+    parts.append(frame(unpublished, unpublished["unit"], "MES", cause, unpublished["qty"],
+                       text.fillna("ERP document with no event on the exchange")))  # fmt: skip
+
+    # In the ledger and meant for the MES, not in the MES's applied log.
+    for_mes = observed(
+        ledger_fx[
+            (ledger_fx["target_system"].fillna("MES") == "MES")
+            & ~ledger_fx["transaction_id"].isin(mes_fx["transaction_id"])
+            & ~ledger_fx["transaction_id"].isin(um_ids)
+        ]
+    )
     for_mes = for_mes.merge(backlog, on="transaction_id", how="left", suffixes=("", "_held"))
     for_mes = for_mes.merge(inp["applied_now"], on="transaction_id", how="left")
-    cause = for_mes["kind"].where(
-        for_mes["kind"].notna(), np.where(for_mes["applied_at"].notna(), "late_delivery", "missing_in_mes")
+    is_young = young(for_mes)
+    cause = np.select(
+        [for_mes["kind"].notna(), for_mes["applied_at"].notna(), is_young],
+        [for_mes["kind"], "late_delivery", "in_flight"],
+        "missing_in_mes",
     )
     text = held_text(for_mes.drop(columns="reason").rename(columns={"reason_held": "reason"}))
-    text = text.fillna(
-        "applied by the MES at " + for_mes["applied_at"].dt.strftime("%Y-%m-%d %H:%M:%S") + ", after its snapshot"
-    ).fillna("received " + for_mes["received_at"].dt.strftime("%Y-%m-%d %H:%M:%S") + "; not in the MES applied log")
+    text = (
+        text.fillna(
+            "applied by the MES at " + for_mes["applied_at"].dt.strftime("%Y-%m-%d %H:%M:%S") + ", after its snapshot"
+        )
+        .fillna(("not in the MES yet, " + in_window_text(for_mes)).where(is_young))
+        .fillna("received " + for_mes["received_at"].dt.strftime("%Y-%m-%d %H:%M:%S") + "; not in the MES applied log")
+    )
     parts.append(frame(for_mes, for_mes["unit"], "MES", cause, for_mes["qty"], text))
 
-    for_erp = ledger_fx[
-        (ledger_fx["target_system"].fillna("ERP") == "ERP")
-        & (ledger_fx["source_system"] != "ERP")
-        & ~ledger_fx["transaction_id"].isin(erp_fx["transaction_id"])
-    ]
-    parts.append(frame(for_erp, for_erp["unit"], "ERP", "missing_in_erp", for_erp["qty"],
-                       "from " + for_erp["source_system"] + ", " + for_erp["reason"]))  # fmt: skip
+    # In the ledger and meant for the ERP (MES backflushes, ERP corrections), not in the ERP.
+    for_erp = observed(
+        ledger_fx[
+            (ledger_fx["target_system"].fillna("ERP") == "ERP")
+            & (ledger_fx["source_system"] != "ERP")
+            & ~ledger_fx["transaction_id"].isin(erp_fx["transaction_id"])
+        ]
+    )
+    is_young = young(for_erp)
+    text = ("from " + for_erp["source_system"] + ", " + for_erp["reason"]
+            + ("; not in the ERP yet, " + in_window_text(for_erp)).where(is_young, ""))  # fmt: skip
+    parts.append(frame(for_erp, for_erp["unit"], "ERP", np.where(is_young, "in_flight", "missing_in_erp"),
+                       for_erp["qty"], text))  # fmt: skip
 
-    mes_only = mes_fx[
-        ~mes_fx["transaction_id"].isin(ledger_ids) & ~mes_fx["transaction_id"].isin(erp_fx["transaction_id"])
-    ]
-    parts.append(frame(mes_only, mes_only["unit"], "ERP", "not_published", mes_only["qty"],
-                       "MES applied it; no event on the exchange"))  # fmt: skip
+    # Applied in the MES, never in the ledger (an MES posting that was not published).
+    mes_only = observed(
+        mes_fx[~mes_fx["transaction_id"].isin(ledger_ids) & ~mes_fx["transaction_id"].isin(erp_fx["transaction_id"])]
+    )
+    is_young = young(mes_only)
+    text = ("MES applied it; not on the exchange yet, " + in_window_text(mes_only)).where(
+        is_young, "MES applied it; no event on the exchange"
+    )
+    parts.append(frame(mes_only, mes_only["unit"], "ERP", np.where(is_young, "in_flight", "not_published"),
+                       mes_only["qty"], text))  # fmt: skip
 
-    explanations = pd.concat(parts, ignore_index=True).merge(var[KEY], on=KEY)
-    explained = explanations.groupby([*KEY, "system", "cause"], as_index=False).agg(
+    # Found in flight by an earlier hour, still missing after its window.
+    checks = inp["in_flight_checks"]
+    missing = observed(checks[checks["state"] == "missing"])
+    text = ("in flight since the hour of " + missing["in_flight_since"].dt.strftime("%Y-%m-%d %H:00")
+            + " UTC; not arrived " + minutes_between(missing["event_time"], observed_at) + " min after the movement, "
+            + "past the " + window_text + "-min in-flight window")  # fmt: skip
+    parts.append(frame(missing, missing["unit"], missing["system"], missing["cause_if_missing"], missing["quantity"],
+                       text, missing["in_flight_since"]))  # fmt: skip
+
+    movements = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True).merge(var[KEY], on=KEY)
+    movements["detail"] = movements["detail"].astype(object).where(movements["detail"].notna(), None)
+
+    explained = movements.groupby([*KEY, "system", "cause"], as_index=False).agg(
         explained_quantity=("qty", "sum"),
         transaction_ids=("transaction_id", lambda s: sorted(set(s))),
-        detail=("reason_text", lambda s: "; ".join(s.dropna().unique())),
+        detail=("detail", lambda s: "; ".join(sorted(s.dropna().unique())) or None),
     )
-    # The systems already disagreed when the hour began; what the hour's RECON corrections left of
-    # it is carried over, named by the latest earlier hour's transactions.
-    corrections = ledger_fx[(ledger_fx["source_system"] == "RECON") & (ledger_fx["reason"] == "correction")]
+    # Movements an earlier hour found in flight and this hour found still missing: the carried part
+    # shrinks by them.
+    again = movements[movements["in_flight_since"].notna()]
+    looked_at_again = (
+        again.assign(
+            mes_lacks=again["qty"].where(again["system"] == "MES", 0.0),
+            erp_lacks=again["qty"].where(again["system"] == "ERP", 0.0),
+        )
+        .groupby(KEY, as_index=False)[["mes_lacks", "erp_lacks"]]
+        .sum()
+        .assign(looked_again=True)
+    )
+    # The RECON corrections of the hour (as its first reconciliation saw them), per system they correct.
+    corrections = ev[
+        (ev["source_system"] == "RECON") & (ev["reason"] == "correction") & (ev["transaction_type"] == "adjustment")
+    ].merge(var[KEY], on=KEY)
     corrected = (
         corrections.assign(
-            to_erp=corrections["qty"].where(corrections["target_system"] == "ERP", 0.0),
-            to_mes=corrections["qty"].where(corrections["target_system"] == "MES", 0.0),
+            to_erp=corrections["quantity"].where(corrections["target_system"] == "ERP", 0.0),
+            to_mes=corrections["quantity"].where(corrections["target_system"] == "MES", 0.0),
         )
         .groupby(KEY, as_index=False)[["to_erp", "to_mes"]]
         .sum()
+        .assign(corrected=True)
     )
-    began_apart = var[var["erp_begin"] != var["mes_begin"]].merge(corrected, on=KEY, how="left", indicator=True)
-    left_over = (began_apart["erp_begin"] + began_apart["to_erp"].fillna(0.0)) - (
-        began_apart["mes_begin"] + began_apart["to_mes"].fillna(0.0)
+    # The systems already disagreed when the hour began; what the hour's corrections and the
+    # movements looked at again left of it is carried over, named by the latest earlier hour's
+    # transactions.
+    began_apart = (
+        var[var["erp_begin"] != var["mes_begin"]]
+        .merge(corrected, on=KEY, how="left")
+        .merge(looked_at_again, on=KEY, how="left")
+        .fillna({"to_erp": 0.0, "to_mes": 0.0, "mes_lacks": 0.0, "erp_lacks": 0.0})
     )
+    left_over = ((began_apart["erp_begin"] + began_apart["to_erp"]) - (began_apart["mes_begin"] + began_apart["to_mes"])
+                 - began_apart["mes_lacks"] + began_apart["erp_lacks"])  # fmt: skip
     began_apart = began_apart.assign(left_over=left_over)[left_over.abs() > 1e-6]
     earlier = inp["earlier"].sort_values("partition_hour").drop_duplicates(KEY, keep="last")
     began_apart = began_apart.merge(earlier[[*KEY, "transaction_ids"]], on=KEY, how="left")
     earlier_ids = [list(ids) if isinstance(ids, list | np.ndarray) else [] for ids in began_apart["transaction_ids"]]
-    less = np.where(began_apart["_merge"] == "both", "; less the RECON corrections of the hour", "")
+    less = np.where(began_apart["corrected"].notna(), "; less the RECON corrections of the hour", "")
+    less_again = np.where(began_apart["looked_again"].notna(), "; less the movements looked at again", "")
     carried = pd.DataFrame(
         {**{k: began_apart[k] for k in KEY}, "system": "MES", "cause": "carried_over",
          "explained_quantity": began_apart["left_over"],
          "transaction_ids": earlier_ids,
-         "detail": "the systems already disagreed when the hour began" + pd.Series(less, index=began_apart.index)}
+         "detail": "the systems already disagreed when the hour began"
+                   + pd.Series(np.char.add(less, less_again), index=began_apart.index)}
     )  # fmt: skip
     explained = pd.concat([explained, carried], ignore_index=True)
     by_system = (
@@ -257,8 +354,9 @@ def pandas_investigation(variances: pd.DataFrame, inp: dict[str, pd.DataFrame]) 
          "detail": "three-way ERP " + residuals["erp_three_way"].map(decimal_text)
                    + ", MES " + residuals["mes_three_way"].map(decimal_text)}
     )  # fmt: skip
-    explained["is_timing"] = explained["cause"].isin(["pending_sync", "retrying", "late_delivery"])
-    return pd.concat([explained, unexplained], ignore_index=True)
+    explained["is_timing"] = explained["cause"].isin(["in_flight", "pending_sync", "retrying", "late_delivery"])
+    investigation = pd.concat([explained, unexplained], ignore_index=True)
+    return movements.rename(columns={"qty": "quantity"}), investigation
 
 
 def decimal_text(value: float) -> str:
@@ -273,8 +371,9 @@ def run_pandas(db: Path, repeat: int) -> dict:
     for _ in range(repeat):
         started = time.perf_counter()
         variances = pandas_variances(inputs)
-        investigation = pandas_investigation(variances, inputs)
+        movements, investigation = pandas_investigation(variances, inputs)
         runs.append(time.perf_counter() - started)
         print(json.dumps({"run": runs[-1]}), flush=True)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # inputs included, as a pandas job has them
-    return {"seconds": min(runs), "runs": runs, "peak_rss_mb": peak_rss_mb, **summarize(variances, investigation)}
+    summary = summarize(variances, investigation, movements)
+    return {"seconds": min(runs), "runs": runs, "peak_rss_mb": peak_rss_mb, **summary}

@@ -1,16 +1,20 @@
-"""Reconciliation throughput: variances.sql + variance_investigation.sql in DuckDB vs the same in pandas.
+"""Reconciliation throughput: the recon SQL (variances, explained_movements, variance_investigation)
+in DuckDB vs the same in pandas.
 
 For each size: N material-locations with 10 staged events each (receipts, issues, transfers to
 another location, adjustments incl. RECON corrections, a few cycle counts), both systems' begin
 and end balances consistent with the events, then a few differences carried over from an
-earlier hour, ~0.5% of end balances perturbed and a few events missing in one system, booked
-under another unit, held in the pipeline or applied late, so every cause of the investigation
-occurs. Inputs are generated with DuckDB SQL into a fresh DuckDB file (not timed;
-_reconcile_data.py). Then, each in its own process so neither pollutes the other's memory:
+earlier hour (some of them movements an earlier hour found in flight, looked at again), ~0.5% of
+end balances perturbed and a few events missing in one system, booked under another unit, held in
+the pipeline (the ERP outbox among it: staged only after the hour's first reconciliation), applied
+late or still within the in-flight window, so every cause of the investigation occurs. Inputs,
+with what the hour's first reconciliation and investigation kept, are generated with DuckDB SQL
+into a fresh DuckDB file (not timed; _reconcile_data.py). Then, each in its own process so
+neither pollutes the other's memory:
 
 - DuckDB: what the assets do for the hour (DELETE + INSERT INTO recon.variances, then
-  recon.variance_investigation, with the assets' summary queries), threads = 2, timed
-  (_reconcile_duckdb.py);
+  recon.explained_movements and recon.variance_investigation, with the assets' summary queries),
+  threads = 2, timed (_reconcile_duckdb.py);
 - pandas: the same inputs read into DataFrames (not timed), the same outputs computed with
   merges and groupbys, by the same steps as the SQL (timed; _reconcile_pandas.py). Both outputs
   are compared row by row (_reconcile_compare.py); the run fails if they differ.
