@@ -127,7 +127,7 @@ def raw_confirm_run(settings: Settings, exchange: str, events: list[InventoryEve
         state["started"] = time.perf_counter()
         channel.confirm_delivery(ack_nack_callback=lambda f: on_confirm(f, channel), callback=lambda _f: pump(channel))
 
-    conn = pika.SelectConnection(connection_parameters(settings),
+    conn = pika.SelectConnection(connection_parameters(settings)[0],
                                  on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
                                  on_close_callback=lambda c, r: c.ioloop.stop())  # fmt: skip
     conn.ioloop.start()

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
 from invsync_pipeline.settings_sections import (
     CRITICAL_TRANSACTION_TYPES,
@@ -71,9 +71,36 @@ class Settings(_Strict):
     cutover: CutoverSettings = CutoverSettings()
     mes_token: str | None = None
     alert_webhook_url: str | None = None
+    # One broker URL, or the nodes of a cluster comma-separated: clients connect to the first
+    # that answers and fail over to the next (messaging/connection.py).
     amqp_url: str = DEFAULT_AMQP_URL
     home: Path = PROJECT_ROOT / "data" / "runtime"
     namespace: str = ""
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _broker_urls(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split(",")]
+        for url in urls:
+            if urlsplit(url).scheme not in ("amqp", "amqps") or not urlsplit(url).hostname:
+                raise ValueError(f"{url!r} is not an AMQP URL (amqp://user@host:port/vhost); "
+                                 "several nodes are separated by commas")  # fmt: skip
+        if len({_vhost(u) for u in urls}) > 1:
+            raise ValueError(f"the nodes {value!r} name different virtual hosts; a cluster's nodes share one")
+        return ",".join(urls)
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The broker's nodes, in the order clients try them."""
+        return self.amqp_url.split(",")
+
+    @property
+    def queue_type(self) -> str:
+        """classic or quorum: ``topology.queue_type``, where auto means quorum on a cluster (a
+        quorum queue is replicated to every node, so losing one loses no message)."""
+        if self.topology.queue_type == "auto":
+            return "quorum" if len(self.amqp_urls) > 1 else "classic"
+        return self.topology.queue_type
 
     def name(self, local: str) -> str:
         """The broker-side name of an exchange or queue, with the namespace prefix."""
@@ -145,9 +172,13 @@ def _refuse_secrets(raw: dict, path: Path) -> None:
 
 def _has_password(url: str) -> bool:
     try:
-        return urlsplit(url).password is not None
+        return any(urlsplit(part.strip()).password is not None for part in url.split(","))
     except ValueError:  # not a URL Settings would accept anyway: the model says what is wrong
         return False
+
+
+def _vhost(url: str) -> str:
+    return unquote(urlsplit(url).path[1:]) if urlsplit(url).path not in ("", "/") else "/"
 
 
 def dagster_home() -> Path | None:

@@ -57,7 +57,8 @@ class Plant(_Strict):
 
 class TopologySettings(_Strict):
     exchange: str = "inventory"
-    queue_type: Literal["classic", "quorum"] = "classic"
+    # auto: quorum queues when amqp_url names several nodes (a cluster), else classic.
+    queue_type: Literal["auto", "classic", "quorum"] = "auto"
     message_ttl_ms: int = Field(default=24 * 3600 * 1000, gt=0)
     retry_delays_ms: tuple[int, ...] = (60_000, 300_000, 900_000)
     ledger_tap_queue: str = "ledger.tap"

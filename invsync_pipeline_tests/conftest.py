@@ -19,7 +19,7 @@ import yaml
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
 from invsync_pipeline.messaging.topology import Topology, apply_topology, delete_topology
 from invsync_pipeline.settings import DEFAULT_CONFIG_PATH, Settings, load_settings
-from invsync_pipeline_tests.private_broker import private_broker  # noqa: F401 - the fixture, registered here
+from invsync_pipeline_tests.private_broker import private_broker, private_cluster  # noqa: F401 - fixtures, registered here
 
 # Short retry tiers so a message can walk retry 1 -> 2 -> 3 -> parking inside a test.
 TEST_RETRY_DELAYS_MS = [300, 600, 900]

@@ -130,3 +130,84 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     finally:
         # Nothing of it may outlive the test: kill (instant; its data is thrown away anyway).
         node.kill()
+
+
+CLUSTER_SCRIPT = SCRIPT.with_name("rabbit-cluster")
+
+
+class PrivateCluster:
+    """``n`` private nodes joined as a cluster (scripts/rabbit-cluster): node i (1-based) takes
+    AMQP on ``base_port + i - 1``."""
+
+    def __init__(self, name: str, base_port: int, base_dir: Path, n: int = 3) -> None:
+        self.name, self.base_port, self.base_dir, self.n = name, base_port, base_dir, n
+
+    @property
+    def urls(self) -> str:
+        """INVSYNC_AMQP_URL for the whole cluster: its nodes, comma-separated, node 1 first."""
+        return ",".join(f"amqp://guest:guest@127.0.0.1:{self.base_port + i}/%2F" for i in range(self.n))
+
+    def start(self) -> None:
+        self._run("start", str(self.base_port), str(self.n))
+
+    def kill(self, i: int) -> None:
+        self._run("kill", str(i))
+
+    def restart(self, i: int) -> None:
+        self._run("restart", str(i))
+
+    def running_nodes(self) -> str:
+        return self._run("status", check=False).stdout
+
+    def kill_all(self) -> None:
+        for i in range(1, self.n + 1):
+            with contextlib.suppress(PrivateNodeError):
+                self.kill(i)
+
+    def _run(self, command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, INVSYNC_RABBIT_NODES_DIR=str(self.base_dir))
+        result = subprocess.run([str(CLUSTER_SCRIPT), command, self.name, *args], env=env, capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        if check and result.returncode != 0:
+            raise PrivateNodeError(
+                f"scripts/rabbit-cluster {command} {self.name} failed ({result.returncode}):\n"
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+        return result
+
+
+def _free_run(n: int) -> int:
+    """A base port such that base..base+n-1 and their distribution ports (+20000) are all free."""
+    import random
+
+    while True:
+        base = random.randint(30000, 45000 - n)
+        ports = [base + i for i in range(n)] + [base + 20000 + i for i in range(n)]
+        if RESERVED_PORTS.isdisjoint(ports) and all(_port_free(p) for p in ports):
+            return base
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def private_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateCluster]:
+    """A started 3-node cluster of private nodes, killed after the test however it ends."""
+    if not rabbitmq_installed():
+        pytest.fail(INSTALL_HINT)
+    cluster = PrivateCluster(f"invsync-cl-{uuid.uuid4().hex[:6]}", _free_run(3), tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+    except PrivateNodeError as exc:
+        cluster.kill_all()
+        pytest.fail(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.kill_all()

@@ -56,3 +56,31 @@ def test_the_contract_horizon_defaults_and_can_be_configured(tmp_path, monkeypat
     _config(tmp_path, monkeypatch, contract={"max_age_days": 0})
     with pytest.raises(ConfigError, match="contract.max_age_days"):
         load_settings()
+
+
+def test_a_cluster_is_its_nodes_comma_separated_and_gets_quorum_queues(tmp_path, monkeypatch):
+    _config(tmp_path, monkeypatch, amqp_url="amqp://b1:5672/%2F, amqp://b2:5672/%2F,amqp://b3:5672/%2F")
+    settings = load_settings()
+    assert settings.amqp_urls == ["amqp://b1:5672/%2F", "amqp://b2:5672/%2F", "amqp://b3:5672/%2F"]
+    assert settings.queue_type == "quorum"  # topology.queue_type: auto
+    _config(tmp_path, monkeypatch, amqp_url="amqp://b1:5672/%2F")
+    assert load_settings().queue_type == "classic"
+    # A password in any of the nodes is still refused in the file.
+    _config(tmp_path, monkeypatch, amqp_url="amqp://b1/%2F,amqp://u:s3cret@b2/%2F")
+    with pytest.raises(ConfigError, match="INVSYNC_AMQP_URL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        pytest.param("http://b1:5672/", "'http://b1:5672/' is not an AMQP URL", id="scheme"),
+        pytest.param("amqp://b1/%2F,", "'' is not an AMQP URL", id="empty-node"),
+        pytest.param("amqp://b1/%2F,amqp://b2/plant", "different virtual hosts", id="vhosts"),
+    ],
+)
+def test_a_bad_broker_url_is_refused_naming_it(tmp_path, monkeypatch, url, says):
+    _config(tmp_path, monkeypatch)
+    monkeypatch.setenv("INVSYNC_AMQP_URL", url)
+    with pytest.raises(ConfigError, match=says):
+        load_settings()

@@ -1,4 +1,10 @@
-"""Opening broker connections from settings, with errors that say how to get a broker."""
+"""Opening broker connections from settings, with errors that say how to get a broker.
+
+``amqp_url`` may name several nodes of a cluster, comma-separated. A connection goes to the
+first node that answers, in that order; a client whose connection is lost connects again the
+same way, so it lands on a surviving node (the worker, the drain, the outbox relay and the CLI
+all reconnect through here).
+"""
 
 from __future__ import annotations
 
@@ -14,30 +20,39 @@ class BrokerUnavailable(ConnectionError):
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and errors."""
-    params = pika.URLParameters(url)
-    user = params.credentials.username if params.credentials else ""
-    return f"amqp://{user}@{params.host}:{params.port}/{params.virtual_host}"
+    """The URL (or comma-separated URLs) with any password replaced, for logs and errors."""
+    shown = []
+    for part in url.split(","):
+        params = pika.URLParameters(part.strip())
+        user = params.credentials.username if params.credentials else ""
+        shown.append(f"amqp://{user}@{params.host}:{params.port}/{params.virtual_host}")
+    return ",".join(shown)
 
 
-def connection_parameters(settings: Settings, **overrides: object) -> pika.URLParameters:
-    params = pika.URLParameters(settings.amqp_url)
-    # Fail fast when the broker is down: callers decide whether to buffer or to retry.
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.blocked_connection_timeout = 60
-    for key, value in overrides.items():
-        setattr(params, key, value)
-    return params
+def connection_parameters(settings: Settings, **overrides: object) -> list[pika.URLParameters]:
+    """One set of parameters per node, in the order to try them."""
+    nodes = []
+    for url in settings.amqp_urls:
+        params = pika.URLParameters(url)
+        # Fail fast when a node is down: the next is tried, and when none answers the caller
+        # decides whether to buffer or to retry.
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        params.blocked_connection_timeout = 60
+        for key, value in overrides.items():
+            setattr(params, key, value)
+        nodes.append(params)
+    return nodes
 
 
 def connect(settings: Settings, **overrides: object) -> pika.BlockingConnection:
-    """A blocking connection, or BrokerUnavailable with what to do about it."""
+    """A blocking connection to the first node that answers, or BrokerUnavailable with what to do."""
     amqp_headers.install()  # no sender's header can drop the connection (amqp_headers.py)
     try:
         return pika.BlockingConnection(connection_parameters(settings, **overrides))
     except pika.exceptions.AMQPConnectionError as exc:
+        nodes = "any of the nodes " if len(settings.amqp_urls) > 1 else ""
         raise BrokerUnavailable(
-            f"cannot reach RabbitMQ at {redact(settings.amqp_url)} ({exc!r}). Start it with "
+            f"cannot reach RabbitMQ at {nodes}{redact(settings.amqp_url)} ({exc!r}). Start it with "
             "`rabbitmq-server -detached`, or point INVSYNC_AMQP_URL at a running broker."
         ) from exc

@@ -109,12 +109,17 @@ class FlushRun:
         # Nothing to do must not need a broker: an empty outbox flushes even while it is down.
         if not self._read() and self.follow is None:
             return
-        self.connection = pika.SelectConnection(
-            connection_parameters(self.settings), on_open_callback=self._on_open,
-            on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed,
-        )  # fmt: skip
         try:
-            self.connection.ioloop.start()
+            # The nodes in order, until one opens (a cluster: messaging/connection.py).
+            for params in connection_parameters(self.settings):
+                self.error, self.stopped_because = None, "empty"
+                self.connection = pika.SelectConnection(
+                    params, on_open_callback=self._on_open,
+                    on_open_error_callback=self._on_open_error, on_close_callback=self._on_closed,
+                )  # fmt: skip
+                self.connection.ioloop.start()
+                if self.stopped_because != "broker unreachable":
+                    break
         finally:
             self._delete_confirmed(force=True)
 

@@ -95,12 +95,12 @@ def build_topology(settings: Settings) -> Topology:
     tap, parking = n(cfg.ledger_tap_queue), n("parking")
 
     def queue_args(*, ttl_ms: int | None, dead_letter_exchange: str | None) -> dict[str, Any]:
-        args: dict[str, Any] = {"x-queue-type": cfg.queue_type}
+        args: dict[str, Any] = {"x-queue-type": settings.queue_type}
         if ttl_ms is not None:
             args["x-message-ttl"] = ttl_ms
         if dead_letter_exchange is not None:
             args["x-dead-letter-exchange"] = dead_letter_exchange
-            if cfg.queue_type == "quorum":
+            if settings.queue_type == "quorum":
                 # Quorum queues drop dead letters unless told to confirm them (at-least-once),
                 # which RabbitMQ allows only together with reject-publish on overflow.
                 args["x-dead-letter-strategy"] = "at-least-once"
@@ -141,7 +141,7 @@ def build_topology(settings: Settings) -> Topology:
         retry_names.append(name)
         queues.append(Queue(name, queue_args(ttl_ms=delay_ms, dead_letter_exchange=requeue), "retry"))
         bindings.append(Binding(retry, name, "", {"x-match": "all", RETRY_TIER_HEADER: str(tier)}))
-    queues.append(Queue(parking, {"x-queue-type": cfg.queue_type}, "parking"))
+    queues.append(Queue(parking, {"x-queue-type": settings.queue_type}, "parking"))
     bindings.append(Binding(dlx, parking))
     return Topology(
         exchange=exchange, requeue_exchange=requeue, retry_exchange=retry, dead_letter_exchange=dlx,
@@ -222,7 +222,7 @@ def delete_topology(settings: Settings, connection: pika.BlockingConnection | No
 def export_definitions(settings: Settings) -> dict[str, Any]:
     """The topology as a RabbitMQ definitions document (``rabbitmqctl import_definitions``)."""
     topo = build_topology(settings)
-    vhost = pika.URLParameters(settings.amqp_url).virtual_host
+    vhost = pika.URLParameters(settings.amqp_urls[0]).virtual_host
     return {
         "rabbit_version": "3.10.8",
         "vhosts": [{"name": vhost}],

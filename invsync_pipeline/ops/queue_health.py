@@ -120,18 +120,20 @@ def _counted(name: str, role: str, row: dict | None, source: str) -> QueueSample
 
 
 def _from_management_api(settings: Settings, roles: dict[str, str]) -> list[QueueSample] | None:
-    params = pika.URLParameters(settings.amqp_url)
-    creds = params.credentials
-    vhost = urllib.parse.quote(params.virtual_host, safe="")
-    url = f"http://{params.host}:{settings.monitoring.management_port}/api/queues/{vhost}"
-    try:
-        response = requests.get(url, auth=(creds.username, creds.password), timeout=2)
-        if response.status_code != 200:
-            return None
-        rows = {row["name"]: row for row in response.json()}
-    except (requests.RequestException, ValueError):
-        return None  # not enabled here: rabbitmqctl or passive declares instead
-    return [_counted(name, role, rows.get(name), "management_api") for name, role in roles.items()]
+    for node in settings.amqp_urls:  # any node of a cluster answers for every queue
+        params = pika.URLParameters(node)
+        creds = params.credentials
+        vhost = urllib.parse.quote(params.virtual_host, safe="")
+        url = f"http://{params.host}:{settings.monitoring.management_port}/api/queues/{vhost}"
+        try:
+            response = requests.get(url, auth=(creds.username, creds.password), timeout=2)
+            if response.status_code != 200:
+                continue
+            rows = {row["name"]: row for row in response.json()}
+        except (requests.RequestException, ValueError):
+            continue
+        return [_counted(name, role, rows.get(name), "management_api") for name, role in roles.items()]
+    return None  # not enabled here: rabbitmqctl or passive declares instead
 
 
 def rabbitmqctl_target(settings: Settings) -> tuple[str, str | None] | None:
@@ -149,7 +151,7 @@ def rabbitmqctl_target(settings: Settings) -> tuple[str, str | None] | None:
         return None
     if cfg.rabbitmqctl_node:
         return path, cfg.rabbitmqctl_node
-    params = pika.URLParameters(settings.amqp_url)
+    params = pika.URLParameters(settings.amqp_urls[0])
     local = {"127.0.0.1", "::1", "localhost", socket.gethostname(), socket.getfqdn()}
     return (path, None) if params.host in local and params.port == 5672 else None
 
@@ -161,7 +163,7 @@ def _from_rabbitmqctl(settings: Settings, roles: dict[str, str]) -> list[QueueSa
     path, node = target
     timeout = settings.monitoring.rabbitmqctl_timeout_seconds
     command = [path, *(["-n", node] if node else []), "-q", "list_queues",
-               "-p", pika.URLParameters(settings.amqp_url).virtual_host,
+               "-p", pika.URLParameters(settings.amqp_urls[0]).virtual_host,
                "name", "messages", "messages_ready", "messages_unacknowledged", "consumers",
                "--formatter", "json", "--timeout", str(max(1, int(timeout)))]  # fmt: skip
     try:
