@@ -115,7 +115,10 @@ class WarehouseResource(dg.ConfigurableResource):
                 yield conn
             return
         if self._run_conn is None:
-            self._run_conn = connect_warehouse(self.resolved_path(), memory_limit=load_settings().duckdb.memory_limit)
+            # A run waits for a reader that holds the file (an analyst's session) before failing.
+            cfg = load_settings().duckdb
+            self._run_conn = connect_warehouse(self.resolved_path(), memory_limit=cfg.memory_limit,
+                                               lock_wait_seconds=cfg.lock_wait_seconds)  # fmt: skip
         try:
             yield self._run_conn
         except BaseException:

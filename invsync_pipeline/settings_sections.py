@@ -87,6 +87,9 @@ class DuckDBSettings(_Strict):
     # DuckDB's own default is 80% of the machine's RAM. On a machine shared with the Dagster
     # webserver and daemon, cap it (e.g. "4GB"); larger work spills to disk next to the file.
     memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B)$")
+    # How long a run (or the CLI) waits while another process holds the file's lock before it
+    # fails saying which process that is.
+    lock_wait_seconds: float = Field(default=120.0, ge=0, le=3600)
 
 
 class OutboxSettings(_Strict):

@@ -57,6 +57,18 @@ def _exports(settings) -> dict[str, list[tuple]]:
         }
 
 
+def _analyst_db(settings) -> dict[str, list[tuple]]:
+    """The same tables through analyst.duckdb's views, opened as an analyst would."""
+    import duckdb
+
+    from invsync_pipeline.assets.exports import EXPORTED_TABLES
+
+    with duckdb.connect(str(settings.home / "analyst.duckdb"), read_only=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        return {t: conn.execute(f"SELECT {cols} FROM {t} ORDER BY ALL").fetchall()
+                for t, cols in COMPARED.items() if t in EXPORTED_TABLES}  # fmt: skip
+
+
 def test_the_demo_detects_every_injected_fault_with_its_cause_and_leaves_plottable_flow_metrics(
     settings, topology, tmp_path, monkeypatch
 ):
@@ -100,6 +112,7 @@ def test_a_backfill_of_24_past_hours_equals_the_live_runs(settings, topology, mo
     before = _tables(settings)
     exported = _exports(settings)
     assert exported == {t: rows for t, rows in before.items() if t in exported}
+    assert _analyst_db(settings) == exported
     assert len(before["recon.variances"]) > 0 and len(before["recon.variance_investigation"]) > 0
 
     # The backfill, with the MES and the worker gone: the newest hour alone, then all 24 hours in

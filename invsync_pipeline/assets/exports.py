@@ -1,5 +1,7 @@
-"""analyst_exports: the hour's tables as Parquet files, so analysts can query while runs write."""
+"""analyst_exports: the hour's tables as Parquet files, so analysts can query while runs write,
+and ``analyst.duckdb`` beside them: a small DuckDB file of views over those files."""
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -7,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from invsync_pipeline.assets.corrections import correction_audit_log
 from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
@@ -60,9 +63,11 @@ def _analyst_exports_hours(
         for table, hour in _changed_since_export(conn, root, first, last):
             counts[table] += _export(conn, root, table, hour, hour)
             refreshed += 1
+    analyst_db = write_analyst_db(root, invsync.settings().home / "analyst.duckdb")
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(str(root)),
+            "analyst_db": dg.MetadataValue.path(str(analyst_db)),
             "rows": dg.MetadataValue.md(
                 "| table | rows |\n|---|---|\n" + "".join(f"| {t} | {n} |\n" for t, n in counts.items())
             ),
@@ -123,3 +128,27 @@ def _changed_since_export(conn, root: Path, first: datetime, last: datetime) -> 
             if path.exists() and datetime.fromtimestamp(path.stat().st_mtime, UTC) < changed:
                 stale.append((table, hour))
     return sorted(stale, key=lambda item: (item[1], item[0]))
+
+
+def write_analyst_db(exports: Path, target: Path) -> Path:
+    """``target``: a DuckDB file with one view per exported table (same schema and name, e.g.
+    ``recon.variances``) over its Parquet files, every hour, so analysts open it at any time and
+    query the tables by name. It holds no data and no run ever opens it: an analyst's session on
+    it blocks nothing. Written whole beside it and moved into place; a session open on the old
+    file keeps it until closed."""
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    scratch.unlink(missing_ok=True)
+    conn = duckdb.connect(str(scratch))
+    try:
+        for table in EXPORTED_TABLES:
+            if not any((exports / table).glob("*/*.parquet")):
+                continue
+            files = str((exports / table).resolve() / "*" / "*.parquet").replace("'", "''")
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
+            # union_by_name: an hour exported before a column existed reads it as NULL.
+            conn.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (hour) FROM read_parquet('{files}', "
+                         "hive_partitioning = true, union_by_name = true)")  # fmt: skip
+    finally:
+        conn.close()
+    os.replace(scratch, target)
+    return target
