@@ -14,18 +14,19 @@ finding_movements AS (
     FROM findings AS f, unnest(f.transaction_ids) AS t(transaction_id)
 ),
 
--- Where each explaining movement was seen, in any hour (one looked at again belongs to an earlier
--- hour): the ledger has the event as it was published, the ERP its document, the MES its log entry.
--- A quarantined message may still carry its fields.
+-- Where each explaining movement was seen: the ledger has the event as it was published, the ERP
+-- its document, the MES its log entry. A quarantined message may still carry its fields. Only the
+-- hours $seen_from..$seen_to are read (recon/corrections.py `decide`: the hours a movement that
+-- explains this hour can belong to), not the months the tables hold.
 seen AS (
     SELECT transaction_id, reason FROM staging.inventory_events
-    WHERE transaction_id IN (SELECT transaction_id FROM finding_movements)
+    WHERE partition_hour BETWEEN $seen_from AND $seen_to AND transaction_id IN (SELECT transaction_id FROM finding_movements)
     UNION ALL
     SELECT transaction_id, reason FROM snapshots.erp_movements
-    WHERE transaction_id IN (SELECT transaction_id FROM finding_movements)
+    WHERE partition_hour BETWEEN $seen_from AND $seen_to AND transaction_id IN (SELECT transaction_id FROM finding_movements)
     UNION ALL
     SELECT transaction_id, NULL FROM snapshots.mes_applied
-    WHERE transaction_id IN (SELECT transaction_id FROM finding_movements)
+    WHERE partition_hour BETWEEN $seen_from AND $seen_to AND transaction_id IN (SELECT transaction_id FROM finding_movements)
 ),
 
 per_finding AS (
@@ -43,8 +44,8 @@ SELECT
     r.reason, coalesce(r.all_known, false) AS all_known,
     v.material_type, v.abc_class, v.unit_cost, v.erp_end, v.mes_end
 FROM findings AS f
-JOIN recon.variances AS v
-    ON v.partition_hour = f.partition_hour AND v.material_number = f.material_number
+JOIN (SELECT * FROM recon.variances WHERE partition_hour = $partition_hour) AS v
+    ON v.material_number = f.material_number
    AND v.location = f.location AND v.unit = f.unit
 LEFT JOIN per_finding AS r
     ON r.material_number = f.material_number AND r.location = f.location AND r.unit = f.unit
