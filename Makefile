@@ -26,7 +26,7 @@ demo: install
 test: install
 	scripts/ensure-broker
 	$(BIN)/ruff check invsync_pipeline invsync_pipeline_tests bench
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 lint: install
 	$(BIN)/ruff check invsync_pipeline invsync_pipeline_tests bench
