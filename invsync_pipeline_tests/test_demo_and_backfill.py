@@ -1,4 +1,4 @@
-"""The demo end to end, and a 24-hour backfill that must equal the live runs."""
+"""The demo end to end, and a 12-hour backfill that must equal the live runs."""
 
 from __future__ import annotations
 
@@ -102,12 +102,12 @@ def test_the_demo_detects_every_injected_fault_with_its_cause_and_leaves_plottab
         assert metadata["lag_p50_ms"].value <= metadata["lag_p95_ms"].value <= metadata["lag_p99_ms"].value
 
 
-def test_a_backfill_of_24_past_hours_equals_the_live_runs(settings, topology, monkeypatch):
+def test_a_backfill_of_12_past_hours_equals_the_live_runs(settings, topology, monkeypatch):
     import dagster as dg
 
     from invsync_pipeline.definitions import defs
 
-    live = run_demo(hours=24, seed=3, log=lambda _: None)  # hour by hour, as the schedule would
+    live = run_demo(hours=12, seed=3, log=lambda _: None)  # hour by hour, as the schedule would
     assert live.score["detected"] == live.score["injected"] and live.score["false_positives"] == 0
     before = _tables(settings)
     exported = _exports(settings)
@@ -115,7 +115,7 @@ def test_a_backfill_of_24_past_hours_equals_the_live_runs(settings, topology, mo
     assert _analyst_db(settings) == exported
     assert len(before["recon.variances"]) > 0 and len(before["recon.variance_investigation"]) > 0
 
-    # The backfill, with the MES and the worker gone: the newest hour alone, then all 24 hours in
+    # The backfill, with the MES and the worker gone: the newest hour alone, then all 12 hours in
     # one run, as the UI's backfill does with the single-run backfill policy.
     job = defs.resolve_job_def("hourly_reconciliation")
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
