@@ -48,7 +48,7 @@ class ErpResource(dg.ConfigurableResource):
 
 class MesResource(dg.ConfigurableResource):
     """The plant's MES. This implementation speaks the REST API of the reference MES
-    (``sources/mes.py``): at ``base_url`` (None: the settings' mes.base_url, INVSYNC_MES_URL) with
+    (``sources/mes.py``): at ``base_url`` (None: the plant's mes_url, else mes.base_url, INVSYNC_MES_URL) with
     the bearer ``token`` (None: INVSYNC_MES_TOKEN). During a cutover the event-driven path writes
     a shadow MES at ``shadow_url`` (None: cutover.shadow_mes_url, or the reference's /ns/shadow).
     For another MES, subclass it and override ``open`` to return your ``MesApi``."""
@@ -70,7 +70,7 @@ class MesResource(dg.ConfigurableResource):
                          read_retries=mes.read_retries, page_size=mes.page_size)  # fmt: skip
 
     def live_url(self, settings: Settings) -> str:
-        return (self.base_url or settings.mes.base_url).rstrip("/")
+        return (self.base_url or settings.mes_url).rstrip("/")
 
     def event_path(self, at: datetime | None = None) -> MesApi:
         """The MES the event-driven path wrote at ``at`` (None: writes now): the live one, or

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError, ValidationInfo, field_validator
 
 from invsync_pipeline.settings_sections import (
     CRITICAL_TRANSACTION_TYPES,
@@ -76,6 +76,9 @@ class Settings(_Strict):
     amqp_url: str = DEFAULT_AMQP_URL
     home: Path = PROJECT_ROOT / "data" / "runtime"
     namespace: str = ""
+    # The plant this process reconciles (INVSYNC_PLANT, a topology.plants warehouse), or None: one
+    # deployment for every plant. A plant's own files live in plant_dir (docs/deploy.md).
+    plant: str | None = None
 
     @field_validator("amqp_url")
     @classmethod
@@ -106,21 +109,61 @@ class Settings(_Strict):
         """The broker-side name of an exchange or queue, with the namespace prefix."""
         return f"{self.namespace}{local}" if self.namespace else local
 
+    @field_validator("plant")
+    @classmethod
+    def _known_plant(cls, value: str | None, info: ValidationInfo) -> str | None:
+        topology = info.data.get("topology")
+        if value is not None and topology is not None and value not in {p.warehouse for p in topology.plants}:
+            known = ", ".join(p.warehouse for p in topology.plants) or "none"
+            raise ValueError(f"not a plant of topology.plants (known: {known})")
+        return value
+
+    @property
+    def plant_settings(self) -> Plant | None:
+        """The topology entry of ``plant`` (None without a plant, or for an unknown one)."""
+        return next((p for p in self.topology.plants if p.warehouse == self.plant), None)
+
+    @property
+    def plant_dir(self) -> Path:
+        """Where this plant's own files live: its DuckDB file, staged log, reports and exports.
+        ``home`` itself without a plant; ``home/plants/<plant>`` with one, so plants that share a
+        home (and its ERP, ops store and analyst.duckdb) never share a DuckDB writer."""
+        return self.home / "plants" / self.plant if self.plant else self.home
+
     @property
     def staged_dir(self) -> Path:
-        return self.home / "staged"
+        return self.plant_dir / "staged"
 
     @property
     def warehouse_path(self) -> Path:
-        return self.home / "warehouse.duckdb"
+        return self.plant_dir / "warehouse.duckdb"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.plant_dir / "reports"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.plant_dir / "exports"
+
+    @property
+    def analyst_db_path(self) -> Path:
+        """analyst.duckdb: views over every plant's exports, in the shared home."""
+        return self.home / "analyst.duckdb"
 
     @property
     def outbox_path(self) -> Path:
         return self.home / "outbox.sqlite"
 
     @property
+    def mes_url(self) -> str:
+        """The MES this process talks to: the plant's own (topology.plants[].mes_url) or mes.base_url."""
+        own = self.plant_settings.mes_url if self.plant_settings else None
+        return (own or self.mes.base_url).rstrip("/")
+
+    @property
     def shadow_mes_url(self) -> str:
-        return self.cutover.shadow_mes_url or f"{self.mes.base_url.rstrip('/')}/ns/shadow"
+        return self.cutover.shadow_mes_url or f"{self.mes_url}/ns/shadow"
 
     @property
     def erp_url(self) -> str:
@@ -132,6 +175,7 @@ ENVIRONMENT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("INVSYNC_AMQP_URL", ("amqp_url",)),
     ("INVSYNC_HOME", ("home",)),
     ("INVSYNC_NAMESPACE", ("namespace",)),
+    ("INVSYNC_PLANT", ("plant",)),
     ("INVSYNC_MES_TOKEN", ("mes_token",)),
     ("INVSYNC_MES_URL", ("mes", "base_url")),
     ("INVSYNC_ERP_URL", ("erp", "url")),

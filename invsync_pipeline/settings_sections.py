@@ -53,6 +53,9 @@ class Plant(_Strict):
 
     warehouse: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
     queues: tuple[PlantQueue, ...]
+    # The plant's own MES, where each plant runs one (None: mes.base_url). No token here: a
+    # plant's process gets INVSYNC_MES_TOKEN from its own environment.
+    mes_url: str | None = Field(default=None, pattern=r"^https?://[^\s@]+$")
 
 
 class TopologySettings(_Strict):
@@ -62,6 +65,9 @@ class TopologySettings(_Strict):
     message_ttl_ms: int = Field(default=24 * 3600 * 1000, gt=0)
     retry_delays_ms: tuple[int, ...] = (60_000, 300_000, 900_000)
     ledger_tap_queue: str = "ledger.tap"
+    # One ledger tap per plant (<ledger_tap_queue>.<plant>, bound to inventory.<plant>.#) instead
+    # of one for all: each plant's Dagster code location drains its own (docs/deploy.md).
+    tap_per_plant: bool = False
     plants: tuple[Plant, ...] = ()
 
 

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import duckdb
 
+from invsync_pipeline import plant_scope
 from invsync_pipeline.settings import PROJECT_ROOT
 
 log = logging.getLogger("invsync.warehouse")
 
 SQL_DIR = PROJECT_ROOT / "sql"
-# The Dagster pool every run that writes DuckDB joins; its limit must be 1 (scripts/dagster-home).
-DUCKDB_WRITER_POOL = "duckdb_writer"
+# The Dagster pool every run that writes DuckDB joins (a plant's own, in a plant's code location);
+# its limit must be 1 (scripts/dagster-home).
+DUCKDB_WRITER_POOL = plant_scope.DUCKDB_WRITER_POOL
 SCHEMA_FILES = (
     "staging.sql",
     "ledger.sql",

@@ -20,6 +20,8 @@ CASES = {
     "fuzz_contract": (["--bodies", "300"], {"bodies", "accepted", "refused", "crashes"}),
     "outbox": (["--events", "500", "--blocking-events", "100"], {"outbox_per_s", "raw_confirm_per_s", "ratio"}),
     "drain": (["--events", "500"], {"events", "drain_per_s", "raw_per_s", "ratio"}),
+    "plants": (["--plants", "2", "--material-locations", "200", "--repeat", "1"],
+               {"plants", "parallel_s", "one_plant_s", "ratio", "serial_s"}),
     "reconcile": (["--sizes", "1000", "--repeat", "1"], {"material_locations", "seconds", "pandas_seconds"}),
     "sync_lag": (["--seconds", "1", "--burst", "1000", "--baseline-burst", "100"],
                  {"p50_ms", "p99_ms", "p99_ms_at_1000", "max_per_s", "catchup_s_1k", "workers"}),

@@ -143,7 +143,7 @@ def _correction_audit_log_hour(
     partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     start, _ = hour_bounds(partition_key)
-    out_dir = invsync.settings().home / "reports"
+    out_dir = invsync.settings().reports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     with warehouse.connect(read_only=True) as conn:
         trail = conn.execute(

@@ -18,6 +18,7 @@ from invsync_pipeline.contract import instant_of
 from invsync_pipeline.cutover.routing import mode_at
 from invsync_pipeline.cutover.scope import scope_label, scope_on
 from invsync_pipeline.partitions import daily_partitions
+from invsync_pipeline.plant_scope import ASSET_KEY_PREFIX
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.balances import Key, erp_stock, mes_balances
@@ -137,6 +138,7 @@ def compare_day(
     group_name="cutover",
     kinds={"duckdb", "sqlalchemy", "api"},
     pool=DUCKDB_WRITER_POOL,
+    key_prefix=ASSET_KEY_PREFIX,
     metadata={"dagster/table_name": "cutover.comparison"},
 )
 def cutover_comparison(

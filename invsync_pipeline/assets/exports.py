@@ -4,7 +4,7 @@ and ``analyst.duckdb`` beside them: a small DuckDB file of views over those file
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import duckdb
 from invsync_pipeline.assets.corrections import correction_audit_log
 from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
+from invsync_pipeline.settings import Settings
 
 EXPORTED_TABLES = (
     "staging.inventory_events",
@@ -51,7 +52,7 @@ def _analyst_exports_hours(
     whose rows changed after its files were written: movements staged late (or re-sent by a
     correction) for it, a correction of it approved, rejected or resolved since."""
     first, last = chunk_bounds(partition_keys)
-    root = invsync.settings().home / "exports"
+    root = invsync.settings().exports_dir
     root.mkdir(parents=True, exist_ok=True)
     # Scratch folders of a run that was killed mid-export (runs that export never overlap: the
     # DuckDB writer pool lets one run at a time).
@@ -63,7 +64,8 @@ def _analyst_exports_hours(
         for table, hour in _changed_since_export(conn, root, first, last):
             counts[table] += _export(conn, root, table, hour, hour)
             refreshed += 1
-    analyst_db = write_analyst_db(root, invsync.settings().home / "analyst.duckdb")
+    settings = invsync.settings()
+    analyst_db = write_analyst_db(export_roots(settings), settings.analyst_db_path)
     return dg.MaterializeResult(
         metadata={
             "folder": dg.MetadataValue.path(str(root)),
@@ -130,24 +132,43 @@ def _changed_since_export(conn, root: Path, first: datetime, last: datetime) -> 
     return sorted(stale, key=lambda item: (item[1], item[0]))
 
 
-def write_analyst_db(exports: Path, target: Path) -> Path:
+def export_roots(settings: Settings) -> Path | dict[str, Path]:
+    """The exports analyst.duckdb reads: this deployment's folder, or, where plants reconcile
+    on their own (``plant`` set), every plant's folder under the shared home by plant."""
+    if settings.plant is None:
+        return settings.exports_dir
+    return {p.name: p / "exports" for p in sorted((settings.home / "plants").glob("*")) if (p / "exports").is_dir()}
+
+
+def write_analyst_db(exports: Path | Mapping[str, Path], target: Path) -> Path:
     """``target``: a DuckDB file with one view per exported table (same schema and name, e.g.
     ``recon.variances``) over its Parquet files, every hour, so analysts open it at any time and
-    query the tables by name. It holds no data and no run ever opens it: an analyst's session on
-    it blocks nothing. Written whole beside it and moved into place; a session open on the old
-    file keeps it until closed."""
+    query the tables by name. ``exports`` is one folder, or one per plant (plant -> folder):
+    then each view reads every plant's files and says which in a ``plant`` column. It holds no
+    data and no run ever opens it: an analyst's session on it blocks nothing. Written whole
+    beside it and moved into place; a session open on the old file keeps it until closed."""
+    roots = {None: exports} if isinstance(exports, Path) else dict(exports)
     scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     scratch.unlink(missing_ok=True)
     conn = duckdb.connect(str(scratch))
     try:
         for table in EXPORTED_TABLES:
-            if not any((exports / table).glob("*/*.parquet")):
+            have = {plant: root / table for plant, root in roots.items() if any((root / table).glob("*/*.parquet"))}
+            if not have:
                 continue
-            files = str((exports / table).resolve() / "*" / "*.parquet").replace("'", "''")
+            files = ", ".join("'" + str(folder.resolve() / "*" / "*.parquet").replace("'", "''") + "'"
+                              for folder in have.values())  # fmt: skip
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
             # union_by_name: an hour exported before a column existed reads it as NULL.
-            conn.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (hour) FROM read_parquet('{files}', "
-                         "hive_partitioning = true, union_by_name = true)")  # fmt: skip
+            if None in roots:
+                conn.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (hour) FROM read_parquet([{files}], "
+                             "hive_partitioning = true, union_by_name = true)")  # fmt: skip
+            else:
+                # The plant is the folder under plants/ that the file came from.
+                conn.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (hour, filename), "
+                             "regexp_extract(filename, '/plants/([^/]+)/exports/', 1) AS plant "
+                             f"FROM read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
+                             "filename = true)")  # fmt: skip
     finally:
         conn.close()
     os.replace(scratch, target)

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 import dagster as dg
 
 from invsync_pipeline.partitions import hour_bounds, hourly_partitions
+from invsync_pipeline.plant_scope import ASSET_KEY_PREFIX
 from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL
 
 # Single-run backfills are "beta" in Dagster 1.13; they are what makes a 3-week backfill one
@@ -35,8 +36,10 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 def hourly_asset(**kwargs):
     """``dg.asset`` for an hourly asset that writes DuckDB: the hourly partitions, one run per
-    backfill (this module), and the DuckDB writers' pool (one writing run at a time)."""
-    return dg.asset(partitions_def=hourly_partitions, backfill_policy=SINGLE_RUN, pool=DUCKDB_WRITER_POOL, **kwargs)
+    backfill (this module), and the DuckDB writers' pool (one writing run at a time); in a
+    plant's code location, the plant's key prefix and pool (plant_scope.py)."""
+    return dg.asset(partitions_def=hourly_partitions, backfill_policy=SINGLE_RUN, pool=DUCKDB_WRITER_POOL,
+                    key_prefix=ASSET_KEY_PREFIX, **kwargs)  # fmt: skip
 
 
 # Hours per statement in a ranged run (24 consecutive hours, not calendar days). A chunk of the

@@ -14,6 +14,7 @@ from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.queue_depth import ROLES, HourDepth, hour_depth
 from invsync_pipeline.messaging import dlq
 from invsync_pipeline.partitions import hour_bounds
+from invsync_pipeline.plant_scope import asset_key
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import SQL_DIR
 
@@ -68,7 +69,7 @@ def queue_depth_metadata(depth: HourDepth) -> dict[str, object]:
 
 
 @hourly_asset(
-    deps=[dg.AssetKey("staged_inventory_events")],
+    deps=[asset_key("staged_inventory_events")],
     group_name="operations",
     kinds={"duckdb", "sqlite"},
     metadata={"dagster/table_name": "ops.flow_metrics"},

@@ -17,6 +17,7 @@ from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.partitions import hour_bounds
+from invsync_pipeline.plant_scope import asset_key
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import sql
 
@@ -53,7 +54,7 @@ class HourFigures:
 @hourly_asset(
     # auto_corrections by key: the report only reads recon.corrections after it, and a key keeps
     # this module from importing the corrections module.
-    deps=[variance_investigation, dg.AssetKey("auto_corrections")],
+    deps=[variance_investigation, asset_key("auto_corrections")],
     group_name="reconciliation",
     kinds={"duckdb", "html"},
     metadata={"dagster/table_name": "recon.variance_report"},
@@ -82,7 +83,7 @@ def _variance_report_hour(
         conn.execute(f"INSERT INTO recon.variance_report {sql('reports/variance_report')}", {"partition_hour": start})
         conn.execute("COMMIT")
         figures = read_hour_figures(conn, start)
-    folder = invsync.settings().home / "reports"
+    folder = invsync.settings().reports_dir
     stem = f"variances-{start:%Y-%m-%dT%H}"
     csv_path = write_atomically(folder / f"{stem}.csv", render_csv(figures.items))
     html_path = write_atomically(folder / f"{stem}.html", render_html(figures, csv_name=f"{stem}.csv"))

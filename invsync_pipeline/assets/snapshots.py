@@ -16,6 +16,7 @@ from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.contract import instant_of
 from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.resources import ErpResource, MesResource, WarehouseResource
+from invsync_pipeline.settings import load_settings
 
 
 class SnapshotConfig(dg.Config):
@@ -61,12 +62,13 @@ def _erp_inventory_snapshot_hour(
     start, end = hour_bounds(partition_key)
     if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.erp_inventory", start)):
         return reused
+    plant = load_settings(erp_resource.config_path).plant  # a plant's code location: its stock only
     erp = erp_resource.open()
     try:
         taken_at = datetime.now(UTC)
-        begin = erp.stock_as_of(start, include_zero=True)
-        finish = erp.stock_as_of(end, include_zero=True)
-        movements = erp.movements(start, end)
+        begin = erp.stock_as_of(start, plant, include_zero=True)
+        finish = erp.stock_as_of(end, plant, include_zero=True)
+        movements = erp.movements(start, end, plant)
         materials = erp.materials()
     finally:
         erp.dispose()
@@ -175,10 +177,13 @@ def _mes_inventory_snapshot_hour(
     if not config.refresh and (reused := _reuse_stored(warehouse, "snapshots.mes_inventory", start)):
         return reused
     taken_at = datetime.now(UTC)
+    plant = load_settings(mes_resource.config_path).plant  # a plant's code location: its stock only
     # The MES the event-driven path wrote at the end of the hour: the shadow one during a cutover.
     with closing(mes_resource.event_path(min(end, taken_at))) as mes:
-        begin = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=start)}
-        finish = {(r.material_number, r.location, r.unit): r.quantity for r in mes.stock(as_of=end)}
+        begin = {(r.material_number, r.location, r.unit): r.quantity
+                 for r in mes.stock(as_of=start, warehouse=plant)}  # fmt: skip
+        finish = {(r.material_number, r.location, r.unit): r.quantity
+                  for r in mes.stock(as_of=end, warehouse=plant)}  # fmt: skip
         applied = [row for row in mes.applied_transactions(since=start) if start <= instant_of(row["timestamp"]) < end]
     keys = sorted(set(begin) | set(finish))
     snapshot = pd.DataFrame(

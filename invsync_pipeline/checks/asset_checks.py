@@ -18,12 +18,13 @@ from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_invent
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.checks import expectations as ex
 from invsync_pipeline.partitions import hour_bounds, partition_key_of
+from invsync_pipeline.plant_scope import asset_key
 from invsync_pipeline.resources import InvsyncResource, WarehouseResource
 from invsync_pipeline.warehouse import DUCKDB_WRITER_POOL
 
 # Share of material-locations whose ERP and MES books agree in an hour, in %. INVSYNC_ACCURACY_GOAL
 # overrides it per deployment (a percentage, e.g. 99.0).
-INVENTORY_VARIANCES = dg.AssetKey("inventory_variances")
+INVENTORY_VARIANCES = asset_key("inventory_variances")
 _EXAMPLES = 5
 
 

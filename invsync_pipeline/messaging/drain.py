@@ -91,6 +91,9 @@ def drain_ledger_tap(
     budget_events = max_events if max_events is not None else float("inf")
     staged_log = StagedEventLog(settings.staged_dir)
     queue = build_topology(settings).ledger_tap
+    if not queue:
+        raise ValueError("topology.tap_per_plant is on: each plant drains its own ledger tap; set INVSYNC_PLANT "
+                         "to the plant whose tap to drain")  # fmt: skip
     result = DrainResult()
     started = time.monotonic()
     deadline = started + budget_seconds

@@ -132,9 +132,16 @@ def build_topology(settings: Settings) -> Topology:
                 for tt in pq.transaction_types:
                     bindings.append(Binding(exchange, name, f"inventory.{wh}.{mt}.{tt}"))
             bindings.append(Binding(requeue, name, name))
-    queues.append(Queue(tap, queue_args(ttl_ms=cfg.message_ttl_ms, dead_letter_exchange=dlx), "tap"))
-    bindings.append(Binding(exchange, tap, "inventory.#"))
-    bindings.append(Binding(requeue, tap, tap))
+    # One tap for every plant, or one per plant (each plant's code location drains its own).
+    taps = ([(n(f"{cfg.ledger_tap_queue}.{p.warehouse.lower()}"), f"inventory.{p.warehouse.lower()}.#")
+             for p in cfg.plants] if cfg.tap_per_plant else [(tap, "inventory.#")])  # fmt: skip
+    for name, pattern in taps:
+        queues.append(Queue(name, queue_args(ttl_ms=cfg.message_ttl_ms, dead_letter_exchange=dlx), "tap"))
+        bindings.append(Binding(exchange, name, pattern))
+        bindings.append(Binding(requeue, name, name))
+    if cfg.tap_per_plant:
+        # The tap this process drains: its plant's; none without a plant (drain_ledger_tap says so).
+        tap = n(f"{cfg.ledger_tap_queue}.{settings.plant.lower()}") if settings.plant else ""
     retry_names: list[str] = []
     for tier, delay_ms in enumerate(cfg.retry_delays_ms, start=1):
         name = n(f"retry.{tier}")

@@ -1,0 +1,132 @@
+"""Plants in parallel: one hour of 4 plants reconciled at once, each in its own DuckDB file, against
+one plant alone and against the 4 one after another (one writer for every plant, as before).
+
+Each plant is what its Dagster code location runs with INVSYNC_PLANT set (docs/deploy.md): its
+settings put its DuckDB file under <home>/plants/<plant>/, and its runs join its own writer pool,
+so no plant waits for another. The timed work is what the inventory_variances and
+variance_investigation assets do in the warehouse for the hour (bench/_reconcile_duckdb.py), on
+bench/reconcile.py's synthetic hour of N material-locations with 10 events each (generated once,
+not timed, and copied to every plant). Every run is a process of its own, as a plant's run is.
+
+    .venv/bin/python bench/plants.py [--plants 4] [--material-locations 50000] [--repeat 2]
+
+Prints one JSON line last:
+{"plants", "material_locations_per_plant", "parallel_s", "one_plant_s", "ratio", "serial_s", "cores",
+ "duckdb_threads"}.
+ratio = parallel_s / one_plant_s: 1.0 if plants cost nothing to each other, `plants` if they
+still ran one after another; on a machine with fewer cores than plants it stays above 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from _reconcile_data import LOCATIONS_PER_MATERIAL, generate
+from _reconcile_duckdb import reconcile_hour
+
+from invsync_pipeline.settings import load_settings
+from invsync_pipeline.warehouse import open_warehouse
+
+QUEUES = [{"name": "all", "material_types": ["*"]}]
+
+
+THREADS = {"n": 0}  # --threads, handed to each plant's process
+
+
+def plant_env(home: Path, config: Path, plant: str) -> dict[str, str]:
+    env = {**os.environ, "INVSYNC_HOME": str(home), "INVSYNC_CONFIG": str(config), "INVSYNC_PLANT": plant}
+    if THREADS["n"]:
+        env["BENCH_DUCKDB_THREADS"] = str(THREADS["n"])
+    return env
+
+
+def reconcile_child() -> dict:
+    """In a plant's process: reconcile the hour in the plant's own DuckDB file."""
+    settings = load_settings()
+    started = time.perf_counter()
+    with open_warehouse(settings.warehouse_path) as conn:
+        if threads := os.environ.get("BENCH_DUCKDB_THREADS"):
+            conn.execute(f"SET threads = {int(threads)}")
+        reconcile_hour(conn)
+    return {"plant": settings.plant, "path": str(settings.warehouse_path), "seconds": time.perf_counter() - started}
+
+
+def run_plants(home: Path, config: Path, plants: list[str]) -> tuple[float, list[dict]]:
+    """The plants' runs started together; (wall seconds until the last one finished, their results)."""
+    started = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, __file__, "--part", "reconcile"], env=plant_env(home, config, p),
+                              stdout=subprocess.PIPE, text=True) for p in plants]  # fmt: skip
+    results = []
+    for plant, proc in zip(plants, procs, strict=True):
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"plant {plant}: the reconciliation failed with exit code {proc.returncode} (above)")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return time.perf_counter() - started, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plants", type=int, default=4)
+    parser.add_argument("--material-locations", type=int, default=50_000, help="per plant")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of each; the fastest counts")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="DuckDB threads per plant's run (0: DuckDB's default, every core)"
+    )
+    parser.add_argument("--part", choices=["reconcile"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        print(json.dumps(reconcile_child()))
+        return
+    if args.material_locations <= 0 or args.material_locations % LOCATIONS_PER_MATERIAL:
+        parser.error(f"--material-locations: {args.material_locations} is not a positive multiple of "
+                     f"{LOCATIONS_PER_MATERIAL}")  # fmt: skip
+    THREADS["n"] = args.threads
+    plants = [f"WH{n:02d}" for n in range(1, args.plants + 1)]
+    home = Path(tempfile.mkdtemp(prefix="invsync-bench-plants-"))
+    try:
+        config = home / "invsync.yaml"
+        topology = {"tap_per_plant": True, "plants": [{"warehouse": p, "queues": QUEUES} for p in plants]}
+        config.write_text(yaml.safe_dump({"topology": topology}))
+        started = time.perf_counter()
+        source = home / "generated.duckdb"
+        tables = generate(source, args.material_locations)
+        print(f"generated one plant's hour in {time.perf_counter() - started:.1f} s: {tables}", file=sys.stderr)
+        paths = {p: load_settings(config, home=home, plant=p).warehouse_path for p in plants}
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        rounds = []
+        for n in range(args.repeat):
+            for path in paths.values():  # every round starts from the same files
+                shutil.copyfile(source, path)
+            one, _ = run_plants(home, config, plants[:1])
+            serial = sum(run_plants(home, config, [p])[0] for p in plants)
+            parallel, results = run_plants(home, config, plants)
+            assert len({r["path"] for r in results}) == len(plants), "plants must not share a DuckDB file"
+            rounds.append({"one_plant_s": one, "serial_s": serial, "parallel_s": parallel})
+            print(f"round {n + 1}: one plant {one:.2f} s, {len(plants)} one after another {serial:.2f} s, "
+                  f"{len(plants)} in parallel {parallel:.2f} s", file=sys.stderr)  # fmt: skip
+        with open_warehouse(paths[plants[0]], read_only=True) as conn:
+            rows = conn.execute("SELECT count(*) FROM recon.variances").fetchone()[0]
+        assert rows >= args.material_locations, f"the reconciliation wrote {rows} variance rows"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    best = {key: min(r[key] for r in rounds) for key in ("one_plant_s", "serial_s", "parallel_s")}
+    print(json.dumps({"plants": len(plants), "material_locations_per_plant": args.material_locations,
+                      "parallel_s": round(best["parallel_s"], 3), "one_plant_s": round(best["one_plant_s"], 3),
+                      "ratio": round(best["parallel_s"] / best["one_plant_s"], 3),
+                      "serial_s": round(best["serial_s"], 3), "cores": os.cpu_count(),
+                      "duckdb_threads": args.threads or "default"}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
