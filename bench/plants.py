@@ -3,8 +3,9 @@ one plant alone and against the 4 one after another (one writer for every plant,
 
 Each plant is what its Dagster code location runs with INVSYNC_PLANT set (docs/deploy.md): its
 settings put its DuckDB file under <home>/plants/<plant>/, and its runs join its own writer pool,
-so no plant waits for another. The timed work is what the inventory_variances and
-variance_investigation assets do in the warehouse for the hour (bench/_reconcile_duckdb.py), on
+so no plant waits for another. The timed work is the plant's own inventory_variances and
+variance_investigation assets materialized for the hour (the keys <plant>/..., the pool
+duckdb_writer.<plant>), from the first run's start to the last one's end, on
 bench/reconcile.py's synthetic hour of N material-locations with 10 events each (generated once,
 not timed, and copied to every plant). Every run is a process of its own, as a plant's run is.
 
@@ -30,8 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
-from _reconcile_data import LOCATIONS_PER_MATERIAL, generate
-from _reconcile_duckdb import reconcile_hour
+from _reconcile_data import HOUR, LOCATIONS_PER_MATERIAL, generate
 
 from invsync_pipeline.settings import load_settings
 from invsync_pipeline.warehouse import open_warehouse
@@ -50,19 +50,33 @@ def plant_env(home: Path, config: Path, plant: str) -> dict[str, str]:
 
 
 def reconcile_child() -> dict:
-    """In a plant's process: reconcile the hour in the plant's own DuckDB file."""
+    """In a plant's process: its inventory_variances and variance_investigation assets (keys
+    <plant>/..., pool duckdb_writer.<plant>) materialized for the hour, in its own DuckDB file."""
+    import dagster as dg
+
+    from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
+    from invsync_pipeline.definitions import default_resources
+    from invsync_pipeline.partitions import partition_key_of
+
     settings = load_settings()
-    started = time.perf_counter()
-    with open_warehouse(settings.warehouse_path) as conn:
-        if threads := os.environ.get("BENCH_DUCKDB_THREADS"):
-            conn.execute(f"SET threads = {int(threads)}")
-        reconcile_hour(conn)
-    return {"plant": settings.plant, "path": str(settings.warehouse_path), "seconds": time.perf_counter() - started}
+    assets = [inventory_variances, variance_investigation]
+    if threads := os.environ.get("BENCH_DUCKDB_THREADS"):
+        with open_warehouse(settings.warehouse_path) as conn:  # a DuckDB setting kept in the file
+            conn.execute(f"SET GLOBAL threads = {int(threads)}")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    started = time.time()
+    result = dg.materialize(assets, partition_key=partition_key_of(HOUR), resources=default_resources(),
+                            instance=dg.DagsterInstance.ephemeral(), run_config=quiet)  # fmt: skip
+    finished = time.time()
+    assert result.success
+    keys = sorted(k.to_user_string() for a in assets for k in a.keys)
+    return {"plant": settings.plant, "path": str(settings.warehouse_path), "keys": keys,
+            "pool": inventory_variances.op.pool, "started": started, "finished": finished}  # fmt: skip
 
 
 def run_plants(home: Path, config: Path, plants: list[str]) -> tuple[float, list[dict]]:
-    """The plants' runs started together; (wall seconds until the last one finished, their results)."""
-    started = time.perf_counter()
+    """The plants' runs started together; (seconds from the first run's start to the last one's
+    end, not counting the processes' imports; their results)."""
     procs = [subprocess.Popen([sys.executable, __file__, "--part", "reconcile"], env=plant_env(home, config, p),
                               stdout=subprocess.PIPE, text=True) for p in plants]  # fmt: skip
     results = []
@@ -71,7 +85,7 @@ def run_plants(home: Path, config: Path, plants: list[str]) -> tuple[float, list
         if proc.returncode != 0:
             raise RuntimeError(f"plant {plant}: the reconciliation failed with exit code {proc.returncode} (above)")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    return time.perf_counter() - started, results
+    return max(r["finished"] for r in results) - min(r["started"] for r in results), results
 
 
 def main() -> None:
@@ -112,6 +126,7 @@ def main() -> None:
             serial = sum(run_plants(home, config, [p])[0] for p in plants)
             parallel, results = run_plants(home, config, plants)
             assert len({r["path"] for r in results}) == len(plants), "plants must not share a DuckDB file"
+            assert len({r["pool"] for r in results}) == len(plants), "plants must not share a writer pool"
             rounds.append({"one_plant_s": one, "serial_s": serial, "parallel_s": parallel})
             print(f"round {n + 1}: one plant {one:.2f} s, {len(plants)} one after another {serial:.2f} s, "
                   f"{len(plants)} in parallel {parallel:.2f} s", file=sys.stderr)  # fmt: skip

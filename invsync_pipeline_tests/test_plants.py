@@ -35,6 +35,7 @@ def two_plants(settings, tmp_path, monkeypatch):
     config = yaml.safe_load(Path(os.environ["INVSYNC_CONFIG"]).read_text())
     config["topology"]["tap_per_plant"] = True
     config["topology"]["plants"][1]["mes_url"] = "http://mes-wh02.example:8765"
+    config["duckdb"]["lock_wait_seconds"] = 3  # a run waits this long for a held file, then fails
     path = tmp_path / "plants.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("INVSYNC_CONFIG", str(path))
@@ -67,6 +68,16 @@ def test_each_plant_has_its_own_files_and_mes_and_shares_the_home(two_plants):
     assert wh01.analyst_db_path == wh02.analyst_db_path == two_plants.analyst_db_path  # analysts see every plant
     assert wh01.erp_url == wh02.erp_url  # one ERP for the company
     assert wh02.mes_url == "http://mes-wh02.example:8765" and wh01.mes_url == two_plants.mes.base_url
+
+
+def test_a_plants_sync_worker_consumes_only_its_plants_queues(two_plants):
+    from invsync_pipeline.sync.queues import plant_queues
+
+    every = plant_queues(two_plants)
+    critical, noncritical = plant_queues(load_settings(plant="WH02"))
+    assert critical and noncritical
+    assert all(".wh02." in q for q in critical + noncritical)
+    assert set(critical) | set(noncritical) < set(every[0]) | set(every[1])
 
 
 def test_an_unknown_plant_is_refused_naming_the_known_ones(two_plants, monkeypatch):
@@ -106,7 +117,8 @@ def test_each_plant_drains_only_its_own_movements_from_its_own_tap(two_plants, c
 
 def test_plants_reconcile_at_once_and_a_plant_whose_file_is_held_blocks_no_other(two_plants, tmp_path):
     """Both plants' reconciliations run together in their own processes and files; WH01's file
-    held by another process (a run that hung) fails WH01's run after its wait, WH02's succeeds."""
+    held by another process (a run that hung) fails WH01's run after its wait, WH02's succeeds.
+    Each run materializes the plant's own assets (bench/plants.py's part)."""
     sys.path.insert(0, str(BENCH))
     try:
         from _reconcile_data import generate
@@ -132,7 +144,9 @@ def test_plants_reconcile_at_once_and_a_plant_whose_file_is_held_blocks_no_other
         holder.wait()
     out, err, code = outcome["WH02"]
     assert code == 0, err[-2000:]
-    assert json.loads(out.strip().splitlines()[-1])["plant"] == "WH02"
+    done = json.loads(out.strip().splitlines()[-1])
+    assert done["plant"] == "WH02" and done["pool"] == "duckdb_writer.wh02"
+    assert done["keys"] == ["wh02/inventory_variances", "wh02/variance_investigation"]
     out, err, code = outcome["WH01"]
     assert code != 0 and "lock" in err.lower(), err[-2000:]
     with duckdb.connect(str(paths["WH02"]), read_only=True) as conn:

@@ -9,9 +9,11 @@ from invsync_pipeline.settings import Settings, clock_window
 
 
 def plant_queues(settings: Settings) -> tuple[list[str], list[str]]:
-    """(critical queues, non-critical queues) of every configured plant, with namespace."""
+    """(critical queues, non-critical queues) of every configured plant, with namespace; only the
+    plant's own with ``plant`` set (INVSYNC_PLANT: a worker beside that plant's MES)."""
     topo = build_topology(settings)
-    return list(topo.critical_queues), list(topo.noncritical_queues)
+    own = {q for q, wh, _, _ in topo.routes if settings.plant is None or wh == settings.plant.lower()}
+    return [q for q in topo.critical_queues if q in own], [q for q in topo.noncritical_queues if q in own]
 
 
 def in_window(windows: tuple[str, ...], now: datetime) -> bool:
