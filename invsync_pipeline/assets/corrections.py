@@ -4,16 +4,15 @@ from typing import Literal
 
 import dagster as dg
 import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
 
 from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
+from invsync_pipeline.assets.review_decisions import carry_out_reviews
 from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.partitions import hour_bounds
 from invsync_pipeline.recon.review_store import ReviewStore, review_store
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
-from invsync_pipeline.sources.mes import MesError
 from invsync_pipeline.sources.systems import Systems
 
 
@@ -56,47 +55,12 @@ def auto_corrections(
     corrected twice."""
     settings = invsync.settings()
     with review_store(settings) as store:
-        reviews = _carry_out_reviews(context, settings, store, erp, mes, warehouse)
+        reviews = carry_out_reviews(context, settings, store, erp, mes, warehouse)
         with open_systems(erp, mes) as systems:
             result = each_hour(
                 context, lambda key: _auto_corrections_hour(key, config, settings, systems, warehouse, store)
             )
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **reviews})
-
-
-def _carry_out_reviews(
-    context: dg.AssetExecutionContext,
-    settings: Settings,
-    store: ReviewStore,
-    erp: ErpResource,
-    mes: MesResource,
-    warehouse: WarehouseResource,
-) -> dict[str, int]:
-    """Once per run, before the hours: carry out the supervisors' approvals (checked against
-    the systems first), close held items whose variance resolved by itself meanwhile (a late
-    movement arrived), and copy the store's decisions and audit rows into DuckDB for analysts.
-    The first two are best effort: with a system out of reach they wait for the next run."""
-    from invsync_pipeline.recon.review import apply_decisions, close_resolved, copy_to_warehouse
-
-    applied: list[tuple[str, str]] = []
-    resolved: list[tuple[str, str]] = []
-    with warehouse.connect() as conn:
-        try:
-            with open_systems(erp, mes) as systems:
-                applied = apply_decisions(settings, conn, store, systems, who="auto:hourly")
-                resolved = close_resolved(store, systems, who="auto:hourly")
-        except (ConnectionError, OSError, MesError, SQLAlchemyError) as exc:
-            context.log.warning(f"review decisions not carried out yet (a system is out of reach): {exc}")
-        copied = copy_to_warehouse(conn, store)
-    for cid, outcome in applied:
-        context.log.info(f"{cid} (a supervisor's approval): {outcome}")
-    for cid, reason in resolved:
-        context.log.info(f"{cid} closed as resolved: {reason}")
-    return {
-        "decisions_carried_out": len(applied),
-        "resolved_by_themselves": len(resolved),
-        "review_rows_copied": copied,
-    }
 
 
 def _auto_corrections_hour(
