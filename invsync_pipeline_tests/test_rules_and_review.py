@@ -11,10 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 from invsync_pipeline.cli import main
-from invsync_pipeline.recon.rules import RulesError, load_rules
-from invsync_pipeline.settings import load_settings
 from invsync_pipeline.recon.corrections import Correction
 from invsync_pipeline.recon.review_store import review_store
+from invsync_pipeline.recon.rules import RulesError, load_rules
+from invsync_pipeline.settings import load_settings
 
 HOUR = datetime(2026, 11, 24, 10, tzinfo=UTC)
 
