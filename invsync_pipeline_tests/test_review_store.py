@@ -114,3 +114,28 @@ def test_the_page_refuses_to_start_without_a_password_and_no_file_may_hold_one(t
     config.write_text("review_password: hunter2\n")
     with pytest.raises(ConfigError, match="review_password must not be in a config file"):
         load_settings(config)
+
+
+def test_alerts_live_in_the_operational_database_chosen_by_its_url(tmp_path, monkeypatch):
+    from invsync_pipeline.ops.alerts import alerts, raise_alert
+
+    name = f"ops_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL} ({exc.orig}).\nStart it with: {PG_START}", pytrace=False)
+    monkeypatch.setenv("INVSYNC_HOME", str(tmp_path))
+    monkeypatch.setenv("INVSYNC_OPS_DB_URL", sa.make_url(PG_URL).set(database=name).render_as_string(False))
+    monkeypatch.delenv("INVSYNC_ALERT_WEBHOOK_URL", raising=False)
+    try:
+        settings = load_settings()
+        assert raise_alert(settings, "review:RECON-1", "critical", "correction_review", "MAT-1 needs review", "m")
+        assert not raise_alert(settings, "review:RECON-1", "critical", "correction_review", "again", "m")
+        assert [(a["alert_id"], a["subject"]) for a in alerts(settings)] == [("review:RECON-1", "MAT-1 needs review")]
+        assert not (tmp_path / "ops.sqlite").exists()  # nothing went to the SQLite default
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

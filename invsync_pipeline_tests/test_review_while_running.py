@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from invsync_pipeline.assets.review_decisions import review_decisions
 from invsync_pipeline.cli import main
 from invsync_pipeline.contract import parse_event
+from invsync_pipeline.ops.alerts import alerts as stored_alerts
 from invsync_pipeline.recon.review_store import review_store
 from invsync_pipeline.sensors.review_decisions import review_decisions_sensor
 from invsync_pipeline.settings import load_settings
@@ -78,6 +79,8 @@ def test_supervisors_decide_while_a_run_holds_the_warehouse_and_the_next_run_app
     with review_store(settings) as store:
         held = {item["material_number"]: item["correction_id"] for item in store.queue()}
     assert sorted(held) == materials
+    links = [a["message"] for a in stored_alerts(settings) if a["kind"] == "correction_review"]
+    assert all(any(f"{settings.review.base_url}/items/{cid}" in m for m in links) for cid in held.values())
 
     run = _hold(settings.warehouse_path, "write")  # a pipeline run holds DuckDB's one writer lock
     try:

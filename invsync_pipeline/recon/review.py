@@ -18,11 +18,13 @@ from decimal import Decimal
 
 import duckdb
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from invsync_pipeline.recon.corrections import MISSING_MOVEMENT_CAUSES, Correction, ReviewError, apply_correction, audit
 from invsync_pipeline.recon.review_store import HELD, ReviewStore
 from invsync_pipeline.recon.systems_now import arrived_in, balances_now
 from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.mes import MesError
 from invsync_pipeline.sources.systems import Systems
 
 _AGREE = Decimal("0.000001")
@@ -102,7 +104,10 @@ def approve(
     who = actor(by)
     item = store.item(cid)
     if item["status"] == HELD and systems is not None:
-        check = recheck(systems, item)
+        try:
+            check = recheck(systems, item)
+        except (ConnectionError, OSError, MesError, SQLAlchemyError):
+            check = Recheck(False, "not checked now (a system is out of reach); the run checks it")
         if check.resolved and store.close(cid, who, f"approval refused: {check.reason}"):
             raise ReviewError(f"approval of {cid} refused: {check.reason}. Nothing was posted; the item is closed "
                               "as resolved in the audit trail")  # fmt: skip

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from invsync_pipeline.ops.database import ops_engine, ops_url
 from invsync_pipeline.recon.corrections import Correction, ReviewError
 from invsync_pipeline.settings import Settings
 
@@ -87,31 +86,12 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, sa.Table, sa.Table]:
     return meta, items, audit
 
 
-def _engine(url: sa.URL) -> sa.Engine:
-    if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        # WAL: the page reads while a run writes; the sqlite3 alerts share the file and the mode.
-        with contextlib.suppress(sqlite3.OperationalError):
-            dbapi_conn.execute("PRAGMA journal_mode=WAL")
-
-    return engine
-
-
 class ReviewStore:
     """The review queue on one SQLAlchemy engine. ``schema`` (PostgreSQL) isolates a set of tables."""
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
-        parsed = sa.make_url(url)
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")  # the driver this project ships with
-        self.url = parsed
-        self.engine = _engine(parsed)
+        self.url = ops_url(url)
+        self.engine = ops_engine(self.url)
         self.meta, self.items, self.audit = _tables(schema)
         with self.engine.begin() as conn:
             if schema:
