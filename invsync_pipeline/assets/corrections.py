@@ -131,8 +131,8 @@ def correction_audit_log(
     """The append-only trail of every correction: rule, who or what decided, before and after,
     and the transactions that explain it. Rows are appended when a correction is decided
     (auto_corrections), and when a run copies in what supervisors decided on the review page or
-    with `invsync review` (the review store's trail); none is ever changed. This asset exports the hour's trail as CSV for auditors and checks that the
-    log only grew."""
+    with `invsync review` (the review store's trail); none is ever changed. This asset exports
+    the hour's trail as CSV for auditors and checks that the log only grew."""
     return each_hour(context, lambda key: _correction_audit_log_hour(key, context, invsync, warehouse))
 
 
