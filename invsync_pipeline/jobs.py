@@ -26,7 +26,7 @@ hourly_reconciliation_job = dg.define_asset_job(
 )
 
 review_decisions_job = dg.define_asset_job(
-    name="review_decisions",
+    name="apply_review_decisions",
     selection=dg.AssetSelection.assets(review_decisions),
     description="Carry out supervisors' approvals between the hourly runs (the review_decisions_sensor launches it).",
 )

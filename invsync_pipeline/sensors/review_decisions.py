@@ -6,7 +6,7 @@ from invsync_pipeline.settings import load_settings
 
 
 @dg.sensor(
-    job_name="review_decisions",
+    job_name="apply_review_decisions",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )
