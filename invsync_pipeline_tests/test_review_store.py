@@ -139,3 +139,12 @@ def test_alerts_live_in_the_operational_database_chosen_by_its_url(tmp_path, mon
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_the_definitions_load_with_the_review_decisions_job_and_its_sensor():
+    import dagster as dg
+
+    from invsync_pipeline.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)  # e.g. a job named like an asset fails here
+    assert defs.resolve_sensor_def("review_decisions_sensor").job_name == "apply_review_decisions"
