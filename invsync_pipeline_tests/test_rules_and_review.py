@@ -119,3 +119,23 @@ def test_a_rejected_correction_is_closed_with_who_and_why_and_cannot_be_approved
     again = runner.invoke(main, ["review", "approve", "RECON-abc", "--by", "Sam"])
     assert again.exit_code == 2 and "is rejected, not waiting for review" in again.output
     assert runner.invoke(main, ["review", "list"]).output.strip() == "nothing waits for review"
+
+
+def test_items_held_before_the_review_store_existed_are_adopted_into_it_by_the_next_run(settings):
+    from invsync_pipeline.recon.review import adopt_held
+    from invsync_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(settings.warehouse_path) as conn:  # as an older release left it: held in DuckDB only
+        conn.execute(
+            "INSERT INTO recon.corrections VALUES ('RECON-old', ?, 'MAT-1', 'raw', 'WH01/RM01', 'KG', "
+            "'missing_in_mes', 'MES', 600, 'ERP', 'erp_wins_receipts_and_shipments', 60, NULL, true, "
+            "'held_for_review', 'auto:erp_wins_receipts_and_shipments', ?, 1000, NULL, ['TX-1'], NULL, 'critical', "
+            "'resend')",
+            [HOUR, HOUR],
+        )
+        with review_store(settings) as store:
+            assert adopt_held(conn, store, recent_hours=6) == 1
+            assert adopt_held(conn, store, recent_hours=6) == 0  # once
+            item = store.item("RECON-old")
+    assert (item["status"], item["quantity"], item["explained_by"]) == ("held_for_review", "600.000000", ["TX-1"])
+    assert item["evidence"]["movements"] == [{"transaction_id": "TX-1"}]

@@ -28,11 +28,12 @@ def carry_out_reviews(
     the systems first), close held items whose variance resolved by itself meanwhile (a late
     movement arrived), and copy the store's decisions and audit rows into DuckDB for analysts.
     The first two are best effort: with a system out of reach they wait for the next run."""
-    from invsync_pipeline.recon.review import apply_decisions, close_resolved, copy_to_warehouse
+    from invsync_pipeline.recon.review import adopt_held, apply_decisions, close_resolved, copy_to_warehouse
 
     applied: list[tuple[str, str]] = []
     resolved: list[tuple[str, str]] = []
     with warehouse.connect() as conn:
+        adopted = adopt_held(conn, store, settings.review.recent_hours)
         try:
             with open_systems(erp, mes) as systems:
                 applied = apply_decisions(settings, conn, store, systems, who="auto:hourly")
@@ -48,6 +49,7 @@ def carry_out_reviews(
         "decisions_carried_out": len(applied),
         "resolved_by_themselves": len(resolved),
         "review_rows_copied": copied,
+        "held_items_adopted": adopted,
     }
 
 

@@ -169,6 +169,23 @@ def apply_decisions(
     return outcomes
 
 
+def adopt_held(conn: duckdb.DuckDBPyConnection, store: ReviewStore, recent_hours: int) -> int:
+    """Put items held in DuckDB but missing from the review store into it, with their evidence:
+    the ones held before the store existed (an upgrade), so supervisors see every held item."""
+    from invsync_pipeline.recon.evidence import evidence
+
+    cur = conn.execute("SELECT * FROM recon.corrections WHERE status = ? ORDER BY partition_hour", [HELD])
+    names = [d[0] for d in cur.description]
+    adopted = 0
+    for values in cur.fetchall():
+        row = dict(zip(names, values, strict=True))
+        c = Correction(**{k: row[k] for k in Correction.__dataclass_fields__ if k != "explained_by"},
+                       explained_by=tuple(row["explained_by"]))  # fmt: skip
+        c = replace(c, quantity=Decimal(str(c.quantity)), method=c.method or "adjust")
+        adopted += store.hold(c, evidence(conn, c, recent_hours))
+    return adopted
+
+
 def copy_to_warehouse(conn: duckdb.DuckDBPyConnection, store: ReviewStore) -> int:
     """Copy the decisions and the audit rows added in the store since the last copy into
     ``recon.corrections`` and ``recon.correction_audit_log``, where analysts query them. The
