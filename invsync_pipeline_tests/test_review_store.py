@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -148,3 +149,29 @@ def test_the_definitions_load_with_the_review_decisions_job_and_its_sensor():
 
     dg.Definitions.validate_loadable(defs)  # e.g. a job named like an asset fails here
     assert defs.resolve_sensor_def("review_decisions_sensor").job_name == "apply_review_decisions"
+
+
+def test_the_page_escapes_what_it_shows_and_says_what_a_decision_lacks(settings, monkeypatch):
+    import requests
+
+    from invsync_pipeline_tests.review_server import PASSWORD, csrf_of, serve
+
+    monkeypatch.setenv("INVSYNC_REVIEW_PASSWORD", PASSWORD)
+    hostile = replace(_held("RECON-x"), material_number="<script>alert(1)</script>", note='"><img src=x>')
+    with ReviewStore(load_settings().ops_url) as store:
+        store.hold(hostile, {"movements": [{"transaction_id": "<b>TX</b>"}]})
+    with serve(load_settings()) as url:
+        session = requests.Session()
+        session.auth = ("Sam Lee", PASSWORD)
+        page = session.get(f"{url}/items/RECON-x", timeout=10).text
+        assert "<script>alert" not in page and "<img src=x>" not in page and "<b>TX</b>" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and 'value="Sam Lee"' in page  # the signed-in name
+        form = {"csrf": csrf_of(page), "decision": "reject", "by": " ", "reason": "no"}
+        nameless = session.post(f"{url}/items/RECON-x/decision", data=form, timeout=10)
+        assert nameless.status_code == 409 and "your name is required" in nameless.text
+        foreign = session.post(f"{url}/items/RECON-x/decision", data={**form, "by": "Sam"}, timeout=10,
+                               headers={"Origin": "https://evil.example"})  # fmt: skip
+        assert foreign.status_code == 403
+        assert session.get(f"{url}/items/RECON-nope", timeout=10).status_code == 404
+    with ReviewStore(load_settings().ops_url) as store:
+        assert store.item("RECON-x")["status"] == "held_for_review"  # nothing was decided

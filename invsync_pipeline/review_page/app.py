@@ -105,6 +105,8 @@ def create_app(settings: Settings, store: ReviewStore | None = None) -> Starlett
         try:
             if decision not in ("approve", "reject"):
                 raise ReviewError(f"decision={decision!r}: choose approve or reject")
+            if not by.strip():
+                raise ReviewError("your name is required: it goes into the audit trail with the decision")
             if not reason:
                 raise ReviewError("a reason is required: it goes into the audit trail")
             act = approve if decision == "approve" else reject
