@@ -25,6 +25,7 @@ demo: install
 
 test: install
 	scripts/ensure-broker
+	scripts/ensure-chromium
 	$(BIN)/ruff check invsync_pipeline invsync_pipeline_tests bench
 	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 

@@ -12,17 +12,25 @@ from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metrics import flow_metrics
 from invsync_pipeline.assets.reports import variance_report
+from invsync_pipeline.assets.review_decisions import review_decisions
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.assets.variances import inventory_variances, variance_investigation
 from invsync_pipeline.checks.asset_checks import ASSET_CHECKS
 from invsync_pipeline.checks.cutover import go_live_readiness
 from invsync_pipeline.checks.freshness import OPERATIONS_CHECKS
-from invsync_pipeline.jobs import batch_sync_job, cutover_daily_job, hourly_reconciliation_job, stage_and_ledger_job
+from invsync_pipeline.jobs import (
+    batch_sync_job,
+    cutover_daily_job,
+    hourly_reconciliation_job,
+    review_decisions_job,
+    stage_and_ledger_job,
+)
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource
 from invsync_pipeline.schedules import batch_sync_schedule, cutover_daily_schedule, hourly_reconciliation_schedule
 from invsync_pipeline.sensors.ledger_tap import ledger_tap_sensor
 from invsync_pipeline.sensors.queue_health import queue_health_sensor
+from invsync_pipeline.sensors.review_decisions import review_decisions_sensor
 from invsync_pipeline.sensors.run_failures import run_failure_alert_sensor
 
 
@@ -50,10 +58,11 @@ def build_defs(**resources: dg.ConfigurableResource) -> dg.Definitions:
             analyst_exports,
             flow_metrics,
             cutover_comparison,
+            review_decisions,
         ],
         asset_checks=[*ASSET_CHECKS, *OPERATIONS_CHECKS, go_live_readiness],
-        jobs=[stage_and_ledger_job, hourly_reconciliation_job, cutover_daily_job, batch_sync_job],
-        sensors=[ledger_tap_sensor, queue_health_sensor, run_failure_alert_sensor],
+        jobs=[stage_and_ledger_job, hourly_reconciliation_job, cutover_daily_job, batch_sync_job, review_decisions_job],
+        sensors=[ledger_tap_sensor, queue_health_sensor, run_failure_alert_sensor, review_decisions_sensor],
         schedules=[hourly_reconciliation_schedule, cutover_daily_schedule, batch_sync_schedule],
         resources={**default_resources(), **resources},
         # Steps of one run go one after the other in one process: DuckDB takes one writer, and the

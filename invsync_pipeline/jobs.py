@@ -5,6 +5,7 @@ import dagster as dg
 from invsync_pipeline.assets.cutover import cutover_comparison
 from invsync_pipeline.assets.exports import analyst_exports
 from invsync_pipeline.assets.ledger import transaction_ledger
+from invsync_pipeline.assets.review_decisions import review_decisions
 from invsync_pipeline.assets.staging import staged_inventory_events
 from invsync_pipeline.contract import instant_of
 from invsync_pipeline.cutover.batch_sync import run_batch_sync
@@ -22,6 +23,12 @@ hourly_reconciliation_job = dg.define_asset_job(
     name="hourly_reconciliation",
     selection=dg.AssetSelection.groups("staging", "ledger", "reconciliation", "operations"),
     description="The whole hourly graph: staging, ledger, snapshots, variances, investigation, corrections, report.",
+)
+
+review_decisions_job = dg.define_asset_job(
+    name="apply_review_decisions",
+    selection=dg.AssetSelection.assets(review_decisions),
+    description="Carry out supervisors' approvals between the hourly runs (the review_decisions_sensor launches it).",
 )
 
 cutover_daily_job = dg.define_asset_job(

@@ -11,6 +11,9 @@ environment, never from the file:
 - ``INVSYNC_MES_URL``    MES base URL; ``INVSYNC_MES_TOKEN`` its bearer token
 - ``INVSYNC_ERP_URL``    SQLAlchemy URL of the ERP database, default SQLite under INVSYNC_HOME
 - ``INVSYNC_ALERT_WEBHOOK_URL``  where alerts are posted (Slack / Teams incoming webhook)
+- ``INVSYNC_OPS_DB_URL`` SQLAlchemy URL of the operational store (review queue, decisions, their
+                         audit trail), default SQLite ``ops.sqlite`` under INVSYNC_HOME
+- ``INVSYNC_REVIEW_PASSWORD``  the review page's password (HTTP basic auth); environment only
 
 A few settings of the file may also be given by the environment (``ENVIRONMENT`` below lists
 them all). This module is the only reader of the file and of the environment: everything else
@@ -48,6 +51,7 @@ from invsync_pipeline.settings_sections import (
     Plant,
     PlantQueue,
     ReconciliationSettings,
+    ReviewSettings,
     StagingSettings,
     SyncSettings,
     TopologySettings,
@@ -69,7 +73,11 @@ class Settings(_Strict):
     checks: ChecksSettings = ChecksSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     cutover: CutoverSettings = CutoverSettings()
+    review: ReviewSettings = ReviewSettings()
     mes_token: str | None = None
+    # Secrets: from the environment only (``_refuse_secrets``).
+    review_password: str | None = None
+    ops_db_url: str | None = None
     alert_webhook_url: str | None = None
     # One broker URL, or the nodes of a cluster comma-separated: clients connect to the first
     # that answers and fail over to the next (messaging/connection.py).
@@ -169,6 +177,12 @@ class Settings(_Strict):
     def erp_url(self) -> str:
         return self.erp.url or f"sqlite:///{self.home / 'erp.sqlite'}"
 
+    @property
+    def ops_url(self) -> str:
+        """The operational store (review queue, decisions, audit): a database made for several
+        writers, so supervisors decide while a run holds DuckDB. Beside the alerts by default."""
+        return self.ops_db_url or f"sqlite:///{self.home / 'ops.sqlite'}"
+
 
 # Settings the environment may give, over the file: (variable, where in the settings).
 ENVIRONMENT: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -181,6 +195,9 @@ ENVIRONMENT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("INVSYNC_ERP_URL", ("erp", "url")),
     ("INVSYNC_DUCKDB_MEMORY_LIMIT", ("duckdb", "memory_limit")),
     ("INVSYNC_ALERT_WEBHOOK_URL", ("alert_webhook_url",)),
+    ("INVSYNC_OPS_DB_URL", ("ops_db_url",)),
+    ("INVSYNC_REVIEW_PASSWORD", ("review_password",)),
+    ("INVSYNC_REVIEW_BASE_URL", ("review", "base_url")),
     ("INVSYNC_RULES", ("reconciliation", "rules_path")),
     ("INVSYNC_FIRST_HOUR", ("reconciliation", "first_hour")),
     ("INVSYNC_ACCURACY_GOAL", ("checks", "accuracy_goal_pct")),
@@ -203,8 +220,13 @@ def _refuse_secrets(raw: dict, path: Path) -> None:
         raise ConfigError(
             f"{path}: alert_webhook_url must not be in a config file; set INVSYNC_ALERT_WEBHOOK_URL in the environment"
         )
+    if "review_password" in raw:
+        raise ConfigError(
+            f"{path}: review_password must not be in a config file; set INVSYNC_REVIEW_PASSWORD in the environment"
+        )
     erp = raw.get("erp")
     for where, url, variable in (
+        ("ops_db_url", raw.get("ops_db_url"), "INVSYNC_OPS_DB_URL"),
         ("amqp_url", raw.get("amqp_url"), "INVSYNC_AMQP_URL"),
         ("erp.url", erp.get("url") if isinstance(erp, dict) else None, "INVSYNC_ERP_URL"),
     ):
@@ -278,6 +300,6 @@ __all__ = [
     "MATERIAL_TYPES", "NON_CRITICAL_TRANSACTION_TYPES", "PROJECT_ROOT", "TRANSACTION_TYPES", "ChecksSettings",
     "ConfigError", "ContractSettings", "CutoverGate", "CutoverSettings", "DuckDBSettings", "ErpSettings",
     "MesSettings", "MonitoringSettings", "OutboxSettings", "PilotStage", "Plant", "PlantQueue",
-    "ReconciliationSettings", "Settings", "StagingSettings", "SyncSettings", "TopologySettings", "clock_window",
-    "config_file", "dagster_home", "load_settings",
+    "ReconciliationSettings", "ReviewSettings", "Settings", "StagingSettings", "SyncSettings", "TopologySettings",
+    "clock_window", "config_file", "dagster_home", "load_settings",
 ]  # fmt: skip

@@ -98,6 +98,14 @@ class DuckDBSettings(_Strict):
     lock_wait_seconds: float = Field(default=120.0, ge=0, le=3600)
 
 
+class ReviewSettings(_Strict):
+    # Where supervisors reach `invsync review serve`: the alert webhook's message links to
+    # <base_url>/items/<correction_id>, so it must be the address people open, not 0.0.0.0.
+    base_url: str = "http://127.0.0.1:8790"
+    # The hours of a key shown as evidence on an item's page, the held hour included.
+    recent_hours: int = Field(default=6, ge=1, le=168)
+
+
 class OutboxSettings(_Strict):
     # 2 h of peak traffic at 100 events/s, the sizing rule in the foundation issue.
     capacity_events: int = Field(default=720_000, gt=0)

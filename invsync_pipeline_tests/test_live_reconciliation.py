@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from invsync_pipeline.cli import main
 from invsync_pipeline.contract import parse_event
 from invsync_pipeline.messaging.outbox import Outbox
+from invsync_pipeline.recon.review_store import review_store
 from invsync_pipeline.warehouse import open_warehouse
 from invsync_pipeline_tests.factories import event
 from invsync_pipeline_tests.recon_plant import (
@@ -145,17 +146,21 @@ def test_a_held_correction_whose_variance_resolved_itself_cannot_be_approved_and
 
     assert refused.exit_code == 2, refused.output
     assert "refused" in refused.output and "reached the MES" in refused.output
-    assert _query(settings, "SELECT status FROM recon.corrections WHERE correction_id = ?", [held["BIG-1"]]) == [
-        ("resolved",)
-    ]
-    trail = _query(settings, "SELECT action, actor, note FROM recon.correction_audit_log WHERE correction_id = ? "
-                             "ORDER BY logged_at", [held["BIG-1"]])  # fmt: skip
+    with review_store(settings) as store:  # the review store answers at once; DuckDB gets it with the next run
+        assert store.item(held["BIG-1"])["status"] == "resolved"
+        trail = [(a["action"], a["actor"], a["note"]) for a in store.trail(held["BIG-1"])]
     assert [(a, who) for a, who, _ in trail] == [("held", "auto:erp_wins_receipts_and_shipments"),
                                                  ("resolved", "supervisor:Sam Lee")]  # fmt: skip
     assert trail[-1][2].startswith("approval refused: every movement it names has reached the MES")
 
     # The other one is closed by the next hourly run, without anybody asking.
     reconcile_with_corrections(key_of(next_hour))
+    assert _query(settings, "SELECT status FROM recon.corrections WHERE correction_id = ?", [held["BIG-1"]]) == [
+        ("resolved",)
+    ]
+    copied = _query(settings, "SELECT action, actor FROM recon.correction_audit_log WHERE correction_id = ? "
+                              "ORDER BY logged_at", [held["BIG-1"]])  # fmt: skip
+    assert copied == [("held", "auto:erp_wins_receipts_and_shipments"), ("resolved", "supervisor:Sam Lee")]
     assert _query(settings, "SELECT status, decided_by FROM recon.corrections WHERE correction_id = ?",
                   [held["BIG-2"]]) == [("resolved", "auto:hourly")]  # fmt: skip
     for material, movement in late.items():

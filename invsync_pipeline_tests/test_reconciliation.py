@@ -144,9 +144,9 @@ def test_corrections_fix_the_wrong_system_hold_critical_ones_and_the_next_hour_a
     assert approved.exit_code == 0, approved.output
     again = runner.invoke(main, ["review", "approve", big_id, "--by", "Sam Lee"])
     assert again.exit_code == 2 and "not waiting for review" in again.output
-    settle(settings, connection, topology)
 
-    reconcile_with_corrections(key)  # re-running the hour decides nothing new
+    reconcile_with_corrections(key)  # re-running the hour decides nothing new, and applies the approval
+    settle(settings, connection, topology)
     reconcile_with_corrections(next_key)
 
     with open_warehouse(settings.warehouse_path, read_only=True) as conn:

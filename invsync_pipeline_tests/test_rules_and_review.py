@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,10 @@ import yaml
 from click.testing import CliRunner
 
 from invsync_pipeline.cli import main
+from invsync_pipeline.recon.corrections import Correction
+from invsync_pipeline.recon.review_store import review_store
 from invsync_pipeline.recon.rules import RulesError, load_rules
 from invsync_pipeline.settings import load_settings
-from invsync_pipeline.warehouse import open_warehouse
 
 HOUR = datetime(2026, 11, 24, 10, tzinfo=UTC)
 
@@ -64,23 +66,26 @@ def test_rules_that_are_not_yaml_are_refused(tmp_path):
         load_rules(path)
 
 
+HELD = Correction(
+    correction_id="RECON-abc", partition_hour=HOUR, material_number="MAT-1", material_type="raw",
+    location="WH01/RM01", unit="KG", cause="missing_in_mes", target_system="MES", quantity=Decimal(600),
+    truth="ERP", rule="erp_wins_receipts_and_shipments", pct_of_balance=Decimal(60), value=None, critical=True,
+    status="held_for_review", decided_by="auto:erp_wins_receipts_and_shipments", before_quantity=Decimal(1000),
+    explained_by=("TX-1",), note="critical", method="resend",
+)  # fmt: skip
+
+
 @pytest.fixture
 def held_correction(settings) -> str:
-    with open_warehouse(settings.warehouse_path) as conn:
-        conn.execute(
-            "INSERT INTO recon.corrections VALUES ('RECON-abc', ?, 'MAT-1', 'raw', 'WH01/RM01', 'KG', "
-            "'missing_in_mes', 'MES', 600, 'ERP', 'erp_wins_receipts_and_shipments', 60, NULL, true, "
-            "'held_for_review', 'auto:erp_wins_receipts_and_shipments', ?, 1000, NULL, ['TX-1'], NULL, 'critical', "
-            "'resend')",
-            [HOUR, HOUR],
-        )
+    with review_store(settings) as store:
+        store.hold(HELD, evidence={})
     return "RECON-abc"
 
 
 def _state(settings) -> tuple:
-    with open_warehouse(settings.warehouse_path, read_only=True) as conn:
-        return (conn.execute("SELECT status, decided_by, note FROM recon.corrections").fetchall(),
-                conn.execute("SELECT count(*) FROM recon.correction_audit_log").fetchone()[0])  # fmt: skip
+    with review_store(settings) as store:
+        item = store.item("RECON-abc")
+        return (item["status"], item["decided_by"], item["decision_note"]), len(store.trail("RECON-abc"))
 
 
 @pytest.mark.parametrize(
@@ -109,8 +114,28 @@ def test_a_rejected_correction_is_closed_with_who_and_why_and_cannot_be_approved
     result = runner.invoke(main, ["review", "reject", "RECON-abc", "--by", "Sam", "--note", "count was wrong"])
 
     assert result.exit_code == 0, result.output
-    ((status, decided_by, note),) = _state(settings)[0]
+    status, decided_by, note = _state(settings)[0]
     assert (status, decided_by, note) == ("rejected", "supervisor:Sam", "count was wrong")
     again = runner.invoke(main, ["review", "approve", "RECON-abc", "--by", "Sam"])
     assert again.exit_code == 2 and "is rejected, not waiting for review" in again.output
     assert runner.invoke(main, ["review", "list"]).output.strip() == "nothing waits for review"
+
+
+def test_items_held_before_the_review_store_existed_are_adopted_into_it_by_the_next_run(settings):
+    from invsync_pipeline.recon.review import adopt_held
+    from invsync_pipeline.warehouse import open_warehouse
+
+    with open_warehouse(settings.warehouse_path) as conn:  # as an older release left it: held in DuckDB only
+        conn.execute(
+            "INSERT INTO recon.corrections VALUES ('RECON-old', ?, 'MAT-1', 'raw', 'WH01/RM01', 'KG', "
+            "'missing_in_mes', 'MES', 600, 'ERP', 'erp_wins_receipts_and_shipments', 60, NULL, true, "
+            "'held_for_review', 'auto:erp_wins_receipts_and_shipments', ?, 1000, NULL, ['TX-1'], NULL, 'critical', "
+            "'resend')",
+            [HOUR, HOUR],
+        )
+        with review_store(settings) as store:
+            assert adopt_held(conn, store, recent_hours=6) == 1
+            assert adopt_held(conn, store, recent_hours=6) == 0  # once
+            item = store.item("RECON-old")
+    assert (item["status"], item["quantity"], item["explained_by"]) == ("held_for_review", "600.000000", ["TX-1"])
+    assert item["evidence"]["movements"] == [{"transaction_id": "TX-1"}]

@@ -4,15 +4,15 @@ from typing import Literal
 
 import dagster as dg
 import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
 
 from invsync_pipeline.assets.hours import each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
+from invsync_pipeline.assets.review_decisions import carry_out_reviews
 from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.partitions import hour_bounds
+from invsync_pipeline.recon.review_store import ReviewStore, review_store
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
-from invsync_pipeline.sources.mes import MesError
 from invsync_pipeline.sources.systems import Systems
 
 
@@ -47,40 +47,32 @@ def auto_corrections(
     through the exchange: the sync worker applies it to the MES, the ERP adapter posts it in the
     ERP tables. A critical one (above the % or value limit for its material type or ABC class),
     a cause nobody can settle automatically, or a difference no movement explains (a physical
-    count is requested) waits in the review queue (`invsync review list`) and raises an alert.
-    Held items whose variance resolved by itself are closed as `resolved` first. Timing
+    count is requested) waits in the review queue (`invsync review serve`, `invsync review list`)
+    and raises an alert linking to it. First, supervisors' approvals are carried out (checked
+    against the systems again), held items whose variance resolved by itself are closed as
+    `resolved`, and the decisions are copied into recon.corrections and the audit log. Timing
     differences (in flight, queued, retrying, late) are never corrected, and no movement is
     corrected twice."""
-    resolved = _close_resolved(context, erp, mes, warehouse)
-    with open_systems(erp, mes) as systems:
-        result = each_hour(
-            context, lambda key: _auto_corrections_hour(key, config, invsync.settings(), systems, warehouse)
-        )
-    return dg.MaterializeResult(metadata={**(result.metadata or {}), "resolved_by_themselves": len(resolved)})
-
-
-def _close_resolved(
-    context: dg.AssetExecutionContext, erp: ErpResource, mes: MesResource, warehouse: WarehouseResource
-) -> list[tuple[str, str]]:
-    """Held items whose variance resolved by itself meanwhile (a late movement arrived) close
-    first, once per run. Best effort: with a system out of reach they wait for the next run."""
-    from invsync_pipeline.recon.review import close_resolved
-
-    try:
-        with warehouse.connect() as conn, open_systems(erp, mes) as systems:
-            resolved = close_resolved(conn, systems, actor="auto:hourly")
-    except (ConnectionError, OSError, MesError, SQLAlchemyError) as exc:
-        context.log.warning(f"held corrections not checked again (a system is out of reach): {exc}")
-        return []
-    for cid, reason in resolved:
-        context.log.info(f"{cid} closed as resolved: {reason}")
-    return resolved
+    settings = invsync.settings()
+    with review_store(settings) as store:
+        reviews = carry_out_reviews(context, settings, store, erp, mes, warehouse)
+        with open_systems(erp, mes) as systems:
+            result = each_hour(
+                context, lambda key: _auto_corrections_hour(key, config, settings, systems, warehouse, store)
+            )
+    return dg.MaterializeResult(metadata={**(result.metadata or {}), **reviews})
 
 
 def _auto_corrections_hour(
-    partition_key: str, config: CorrectionConfig, settings: Settings, systems: Systems, warehouse: WarehouseResource
+    partition_key: str,
+    config: CorrectionConfig,
+    settings: Settings,
+    systems: Systems,
+    warehouse: WarehouseResource,
+    store: ReviewStore,
 ) -> dg.MaterializeResult:
     from invsync_pipeline.recon.corrections import alert_held, apply_corrections, decide, effective_time, record
+    from invsync_pipeline.recon.evidence import evidence
     from invsync_pipeline.recon.rules import load_rules
 
     # A bad rules file stops here, before anything changes.
@@ -95,6 +87,11 @@ def _auto_corrections_hour(
         applying = [(c, effective) for c in to_apply]
         published = {e.transaction_id: e for e in apply_corrections(settings, conn, systems, applying)}
         applied, held = len(to_apply), 0
+        # The review queue first, with the evidence as DuckDB has it now (the page never opens
+        # DuckDB): a crash before DuckDB's commit decides the same ids again, and `hold` skips them.
+        for correction in decisions:
+            if correction.status == "held_for_review":
+                store.hold(correction, evidence(conn, correction, settings.review.recent_hours))
         conn.execute("BEGIN TRANSACTION")
         for correction in decisions:
             at = None
@@ -133,9 +130,9 @@ def correction_audit_log(
 ) -> dg.MaterializeResult:
     """The append-only trail of every correction: rule, who or what decided, before and after,
     and the transactions that explain it. Rows are appended when a correction is decided
-    (auto_corrections) and when a supervisor approves or rejects one (`invsync review`); none is
-    ever changed. This asset exports the hour's trail as CSV for auditors and checks that the
-    log only grew."""
+    (auto_corrections), and when a run copies in what supervisors decided on the review page or
+    with `invsync review` (the review store's trail); none is ever changed. This asset exports
+    the hour's trail as CSV for auditors and checks that the log only grew."""
     return each_hour(context, lambda key: _correction_audit_log_hour(key, context, invsync, warehouse))
 
 

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from invsync_pipeline.cli.errors import Failure
 from invsync_pipeline.cli.options import erp_resource, mes_resource, settings
 
 if TYPE_CHECKING:
-    import duckdb
+    from invsync_pipeline.recon.review_store import ReviewStore
 
 
 @click.group()
@@ -33,35 +32,33 @@ def rules_check(ctx: click.Context, path: str | None) -> None:
 
 
 @contextlib.contextmanager
-def _warehouse(ctx: click.Context, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The DuckDB warehouse, or a clear message when a pipeline run holds the write lock."""
-    import duckdb
+def _store(ctx: click.Context) -> Iterator[ReviewStore]:
+    """The review store: never DuckDB, so a supervisor decides while a pipeline run writes."""
+    from invsync_pipeline.recon.review_store import review_store
 
-    from invsync_pipeline.warehouse import open_warehouse
-
-    path = settings(ctx).warehouse_path
-    if not path.exists():
-        raise Failure(f"no warehouse at {path} yet; run the pipeline first (make demo)")
-    try:
-        with open_warehouse(path, read_only=read_only) as conn:
-            yield conn
-    except duckdb.IOException as exc:
-        raise Failure(f"the warehouse is busy ({exc}); a pipeline run is writing, try again shortly") from None
+    with review_store(settings(ctx)) as store:
+        yield store
 
 
 @click.group()
 def review() -> None:
-    """Critical corrections waiting for a supervisor."""
+    """Critical corrections waiting for a supervisor (the review store; works while runs write)."""
 
 
 @review.command("list")
+@click.option("--plant", default=None, help="Only this warehouse (the part of the location before '/').")
+@click.option("--material-type", default=None)
+@click.option("--cause", default=None)
+@click.option("--older-than-hours", type=float, default=None, help="Only items held at least this long.")
 @click.pass_context
-def review_list(ctx: click.Context) -> None:
+def review_list(
+    ctx: click.Context, plant: str | None, material_type: str | None, cause: str | None, older_than_hours: float | None
+) -> None:
     """Corrections waiting for review, oldest first."""
     from invsync_pipeline.recon.review import held
 
-    with _warehouse(ctx, read_only=True) as conn:
-        frame = held(conn)
+    with _store(ctx) as store:
+        frame = held(store, plant=plant, material_type=material_type, cause=cause, min_age_hours=older_than_hours)
     if frame.empty:
         click.echo("nothing waits for review")
         return
@@ -72,11 +69,11 @@ def review_list(ctx: click.Context) -> None:
 @click.argument("correction_id")
 @click.pass_context
 def review_show(ctx: click.Context, correction_id: str) -> None:
-    """One correction with its audit trail."""
+    """One correction with its evidence and audit trail."""
     from invsync_pipeline.recon.review import show
 
-    with _warehouse(ctx, read_only=True) as conn:
-        row = show(conn, correction_id)
+    with _store(ctx) as store:
+        row = show(store, correction_id)
     for key, value in row.items():
         click.echo(f"{key:>16}: {value}")
 
@@ -89,20 +86,15 @@ def review_show(ctx: click.Context, correction_id: str) -> None:
               help="next-hour: at the start of the hour after the reconciled one (replaying past hours).")  # fmt: skip
 @click.pass_context
 def review_approve(ctx: click.Context, correction_id: str, by: str, note: str | None, effective_at: str) -> None:
-    """Apply a held correction and record the approval."""
-    from datetime import UTC, datetime, timedelta
-
-    from invsync_pipeline.recon.review import approve, show
+    """Approve a held correction; the next pipeline run checks it against the systems and applies it once."""
+    from invsync_pipeline.recon.review import approve
     from invsync_pipeline.resources import open_systems
 
-    config = settings(ctx)
-    with _warehouse(ctx) as conn, open_systems(erp_resource(ctx), mes_resource(ctx)) as systems:
-        when = datetime.now(UTC)
-        if effective_at == "next-hour":
-            when = show(conn, correction_id)["partition_hour"] + timedelta(hours=1)
-        row = approve(config, conn, systems, correction_id, by, note, when)
-    click.echo(f"approved {correction_id}: {row['target_system']} {row['quantity']:+} {row['unit']} "
-               f"at {row['location']} ({row['material_number']}), effective {when:%Y-%m-%d %H:%M} UTC")  # fmt: skip
+    with _store(ctx) as store, open_systems(erp_resource(ctx), mes_resource(ctx)) as systems:
+        row = approve(store, correction_id, by, note, effective_at, systems=systems)
+    click.echo(f"approved {correction_id}: {row['target_system']} {row['quantity']} {row['unit']} "
+               f"at {row['location']} ({row['material_number']}), effective {effective_at}; "
+               "the next pipeline run applies it")  # fmt: skip
 
 
 @review.command("reject")
@@ -114,6 +106,22 @@ def review_reject(ctx: click.Context, correction_id: str, by: str, note: str) ->
     """Close a held correction without changing either system."""
     from invsync_pipeline.recon.review import reject
 
-    with _warehouse(ctx) as conn:
-        reject(conn, correction_id, by, note)
+    with _store(ctx) as store:
+        reject(store, correction_id, by, note)
     click.echo(f"rejected {correction_id}")
+
+
+@review.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to reach it from phones on the LAN.")
+@click.option("--port", default=8790, show_default=True, type=int)
+@click.pass_context
+def review_serve(ctx: click.Context, host: str, port: int) -> None:
+    """The review page for supervisors (HTTP basic auth, password from INVSYNC_REVIEW_PASSWORD)."""
+    import uvicorn
+
+    from invsync_pipeline.review_page.app import create_app
+
+    config = settings(ctx)
+    app = create_app(config)  # refuses to start without a password
+    click.echo(f"review page on http://{host}:{port}/ (links in alerts use {config.review.base_url})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,43 +1,67 @@
-"""Alerts: one store for all of them (ops.sqlite) and one webhook (Slack / Teams compatible)."""
+"""Alerts: one store for all of them (the operational database) and one webhook (Slack / Teams compatible).
+
+The table lives in the operational database (``ops/database.py``: ``ops.sqlite`` by default,
+PostgreSQL by INVSYNC_OPS_DB_URL), beside the review queue, so sensors, runs and the CLI raise
+alerts at once from several processes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import requests
+import sqlalchemy as sa
 
-from invsync_pipeline.ops.store import ops_db
+from invsync_pipeline.ops.database import ops_engine
 from invsync_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_META = sa.MetaData()
+# The columns of the first release's sqlite3 table, so an existing ops.sqlite is read as it is.
+ALERTS = sa.Table(
+    "alerts", _META,
+    sa.Column("alert_id", sa.String(255), primary_key=True),  # one incident, one alert
+    sa.Column("created_at", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),  # critical | warning | info
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("delivery", sa.Text, nullable=False),  # sent | failed: <why> | not configured
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _alerts_db(settings: Settings) -> Iterator[sa.Engine]:
+    engine = ops_engine(settings.ops_url)
+    try:
+        _META.create_all(engine, checkfirst=True)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def raise_alert(settings: Settings, alert_id: str, severity: str, kind: str, subject: str, message: str) -> bool:
     """Record the alert and send it to the webhook; an alert_id seen before is not raised again
     (one incident, one alert). Returns True when it was new."""
-    db = ops_db(settings)
-    try:
-        if db.execute("SELECT 1 FROM alerts WHERE alert_id = ?", (alert_id,)).fetchone():
-            return False
+    with _alerts_db(settings) as engine:
+        with engine.connect() as conn:
+            if conn.execute(sa.select(ALERTS.c.alert_id).where(ALERTS.c.alert_id == alert_id)).first():
+                return False
         delivery = _send(settings.alert_webhook_url, severity, subject, message)
-        db.execute(
-            "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (alert_id, datetime.now(UTC).isoformat(), severity, kind, subject, message, delivery),
-        )
+        row = {"alert_id": alert_id, "created_at": datetime.now(UTC).isoformat(), "severity": severity,
+               "kind": kind, "subject": subject, "message": message, "delivery": delivery}  # fmt: skip
+        with contextlib.suppress(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(ALERTS.insert().values(**row))  # another process raised it just now: one row
         return True
-    finally:
-        db.close()
 
 
 def alerts(settings: Settings) -> list[dict]:
-    db = ops_db(settings)
-    try:
-        cur = db.execute("SELECT * FROM alerts ORDER BY created_at")
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    finally:
-        db.close()
+    with _alerts_db(settings) as engine, engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(ALERTS).order_by(ALERTS.c.created_at)).mappings()]
 
 
 def _send(url: str | None, severity: str, subject: str, message: str) -> str:

@@ -1,7 +1,9 @@
-"""The operations store: alerts, open incidents and queue samples in SQLite (``ops.sqlite``).
+"""The operations store: open incidents, queue samples and compensations in SQLite (``ops.sqlite``).
 
 SQLite and not DuckDB on purpose: sensors, the CLI and asset runs all write here, from several
-processes at once, while DuckDB takes one writer and sensors must never open it.
+processes at once, while DuckDB takes one writer and sensors must never open it. Alerts and the
+review queue are in the operational database (``ops/database.py``: this same file by default,
+PostgreSQL by INVSYNC_OPS_DB_URL).
 """
 
 from __future__ import annotations
@@ -13,15 +15,6 @@ from pathlib import Path
 from invsync_pipeline.settings import Settings
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    alert_id   TEXT PRIMARY KEY,  -- one incident, one alert
-    created_at TEXT NOT NULL,
-    severity   TEXT NOT NULL,     -- critical | warning | info
-    kind       TEXT NOT NULL,
-    subject    TEXT NOT NULL,
-    message    TEXT NOT NULL,
-    delivery   TEXT NOT NULL      -- sent | failed: <why> | not configured
-);
 CREATE TABLE IF NOT EXISTS incidents (
     incident_key TEXT NOT NULL,   -- e.g. queue:plant.wh01.raw:no_consumer
     opened_at    TEXT NOT NULL,

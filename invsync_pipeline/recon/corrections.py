@@ -315,8 +315,10 @@ def alert_held(settings: Settings, c: Correction) -> None:
     action = {"resend": "re-send these movements to the", "count": "count the stock; nothing posted in the"}.get(
         c.method, "adjust the"
     )
+    link = f"{settings.review.base_url.rstrip('/')}/items/{c.correction_id}"
     message = (f"hour {c.partition_hour:%Y-%m-%d %H:00} UTC; {c.note}; explained by {explained}; proposed: "
-               f"{action} {c.target_system}. Review with `invsync review show {c.correction_id}`.")  # fmt: skip
+               f"{action} {c.target_system}. Review it at {link} "
+               f"(or `invsync review show {c.correction_id}`).")  # fmt: skip
     raise_alert(settings, f"review:{c.correction_id}", "critical" if c.critical else "warning", "correction_review",
                 subject, message)  # fmt: skip
 

@@ -1,73 +1,71 @@
 """The review queue: supervisors list, inspect, approve or reject held corrections.
 
-Before an approval is carried out, the correction is checked again against what the systems say
-now: a variance can resolve itself while it waits (the late movement arrives, a count is booked).
-Then the approval is refused with that reason and the item is closed as `resolved`, so a
-movement never lands twice. The hourly run closes such items too (``close_resolved``).
+Supervisors work on the review store only (``recon/review_store.py``), never on DuckDB, so they
+decide while a run writes. A decision is carried out by the next run that writes DuckDB
+(``apply_decisions``), exactly once. Before it is carried out the correction is checked again
+against what the systems say now: a variance can resolve itself while it waits (the late
+movement arrives, a count is booked); then it is not applied and the item is closed as
+`resolved`, so a movement never lands twice. The hourly run closes held items that resolved
+themselves too (``close_resolved``), and copies every decision into DuckDB for analysts
+(``copy_to_warehouse``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import duckdb
 import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from invsync_pipeline.recon.corrections import MISSING_MOVEMENT_CAUSES, Correction, ReviewError, apply_correction, audit
+from invsync_pipeline.recon.review_store import HELD, ReviewStore
 from invsync_pipeline.recon.systems_now import arrived_in, balances_now
 from invsync_pipeline.settings import Settings
+from invsync_pipeline.sources.mes import MesError
 from invsync_pipeline.sources.systems import Systems
 
-HELD = "held_for_review"
 _AGREE = Decimal("0.000001")
+LISTED = ["correction_id", "partition_hour", "material_number", "location", "unit", "cause", "method",
+          "target_system", "quantity", "pct_of_balance", "value", "critical", "note"]  # fmt: skip
 
 
-def held(conn: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    return conn.execute(
-        """SELECT correction_id, partition_hour, material_number, location, unit, cause, method, target_system,
-                  quantity, pct_of_balance, value, critical, note
-           FROM recon.corrections WHERE status = ? ORDER BY partition_hour, correction_id""",
-        [HELD],
-    ).df()
+def held(store: ReviewStore, **filters: object) -> pd.DataFrame:
+    """What waits for a supervisor, oldest hour first (filters: ``ReviewStore.queue``)."""
+    return pd.DataFrame(store.queue(HELD, **filters), columns=LISTED)[LISTED]
 
 
-def show(conn: duckdb.DuckDBPyConnection, cid: str) -> dict:
-    cur = conn.execute("SELECT * FROM recon.corrections WHERE correction_id = ?", [cid])
-    row = cur.fetchone()
-    if row is None:
-        raise ReviewError(f"no correction {cid!r}; `invsync review list` shows the ones waiting")
-    out = dict(zip([d[0] for d in cur.description], row, strict=True))
-    out["audit"] = conn.execute(
-        "SELECT logged_at, action, actor, note FROM recon.correction_audit_log WHERE correction_id = ? ORDER BY 1",
-        [cid],
-    ).fetchall()
+def show(store: ReviewStore, cid: str) -> dict:
+    """One item with its audit trail (logged_at, action, actor, note)."""
+    out = store.item(cid)
+    out["audit"] = [(a["logged_at"], a["action"], a["actor"], a["note"]) for a in store.trail(cid)]
     return out
 
 
-def _actor(name: str) -> str:
+def actor(name: str | None) -> str:
+    """``supervisor:<name>``; a decision without a name is refused."""
     if not name or not name.strip():
         raise ReviewError("--by must name the supervisor who decides (e.g. --by 'J. Smith')")
     return f"supervisor:{name.strip()}"
 
 
-def _held_row(conn: duckdb.DuckDBPyConnection, cid: str) -> dict:
-    row = show(conn, cid)
-    if row["status"] != HELD:
-        raise ReviewError(f"correction {cid} is {row['status']}, not waiting for review; nothing changed")
-    return row
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
-def _correction(row: dict, status: str, decided_by: str, note: str | None) -> Correction:
+def as_correction(item: dict) -> Correction:
+    """A review store item as the Correction the rules decided."""
     return Correction(
-        correction_id=row["correction_id"], partition_hour=row["partition_hour"],
-        material_number=row["material_number"], material_type=row["material_type"], location=row["location"],
-        unit=row["unit"], cause=row["cause"], target_system=row["target_system"],
-        quantity=Decimal(str(row["quantity"])), truth=row["truth"], rule=row["rule"],
-        pct_of_balance=row["pct_of_balance"], value=row["value"], critical=row["critical"], status=status,
-        decided_by=decided_by, before_quantity=row["before_quantity"], explained_by=tuple(row["explained_by"]),
-        note=note, method=row.get("method") or "adjust",
+        correction_id=item["correction_id"], partition_hour=datetime.fromisoformat(item["partition_hour"]),
+        material_number=item["material_number"], material_type=item["material_type"], location=item["location"],
+        unit=item["unit"], cause=item["cause"], target_system=item["target_system"],
+        quantity=Decimal(item["quantity"]), truth=item["truth"], rule=item["rule"],
+        pct_of_balance=_decimal(item["pct_of_balance"]), value=_decimal(item["value"]), critical=item["critical"],
+        status=item["status"], decided_by=item["decided_by"] or item["held_by"],
+        before_quantity=_decimal(item["before_quantity"]), explained_by=tuple(item["explained_by"]),
+        note=item["decision_note"] or item["note"], method=item["method"],
     )  # fmt: skip
 
 
@@ -79,10 +77,10 @@ class Recheck:
     reason: str
 
 
-def recheck(systems: Systems, row: dict) -> Recheck:
+def recheck(systems: Systems, item: dict) -> Recheck:
     """Resolved when every movement the correction names has since reached the system that
     lacked it, or when both systems now hold the same stock of the material-location."""
-    c = _correction(row, row["status"], row["decided_by"], row["note"])
+    c = as_correction(item)
     named = list(c.explained_by)
     arrived: set[str] = set()
     if named and c.cause in MISSING_MOVEMENT_CAUSES:
@@ -98,72 +96,119 @@ def recheck(systems: Systems, row: dict) -> Recheck:
 
 
 def approve(
-    settings: Settings,
-    conn: duckdb.DuckDBPyConnection,
-    systems: Systems,
-    cid: str,
-    by: str,
-    note: str | None,
-    effective_at: datetime,
+    store: ReviewStore, cid: str, by: str, note: str | None, effective: str = "now", systems: Systems | None = None
 ) -> dict:
-    """Apply a held correction as decided by a supervisor, and record who and when. Refused, and
-    the item closed as `resolved`, when its variance has resolved itself meanwhile."""
-    actor = _actor(by)
-    row = _held_row(conn, cid)
-    check = recheck(systems, row)
-    if check.resolved:
-        _decide(conn, cid, "resolved", actor, f"approval refused: {check.reason}")
-        raise ReviewError(f"approval of {cid} refused: {check.reason}. Nothing was posted; the item is closed "
-                          "as resolved in the audit trail")  # fmt: skip
-    correction = _correction(row, "approved", actor, note)
-    if correction.method == "count":
-        # The supervisor counted and stands by the rule's side: the difference is adjusted.
-        correction = replace(correction, method="adjust")
-    events = apply_correction(settings, conn, systems, correction, effective_at)  # raises before anything is recorded
-    if correction.method == "resend" and events:
-        effective_at = min(e.timestamp for e in events)  # the movements take effect at their own time
-    after = row["before_quantity"] + correction.quantity if row["before_quantity"] is not None else None
-    conn.execute("BEGIN TRANSACTION")
-    conn.execute(
-        """UPDATE recon.corrections SET status = 'approved', decided_by = ?, decided_at = ?, after_quantity = ?,
-                  effective_at = ?, note = coalesce(?, note), method = ? WHERE correction_id = ?""",
-        [actor, datetime.now(UTC), after, effective_at, note, correction.method, cid],
-    )
-    audit(conn, cid, "approved", actor, f"{note + '; ' if note else ''}checked first: {check.reason}")
-    conn.execute("COMMIT")
-    return show(conn, cid)
+    """Record a supervisor's approval; the next run carries it out. With ``systems`` the
+    correction is checked first, and an approval of a variance that resolved itself is refused
+    at once (the item closed as `resolved`); the run checks again before it applies anything."""
+    who = actor(by)
+    item = store.item(cid)
+    if item["status"] == HELD and systems is not None:
+        try:
+            check = recheck(systems, item)
+        except (ConnectionError, OSError, MesError, SQLAlchemyError):
+            check = Recheck(False, "not checked now (a system is out of reach); the run checks it")
+        if check.resolved and store.close(cid, who, f"approval refused: {check.reason}"):
+            raise ReviewError(f"approval of {cid} refused: {check.reason}. Nothing was posted; the item is closed "
+                              "as resolved in the audit trail")  # fmt: skip
+    return store.decide(cid, "approved", who, note, effective)
 
 
-def reject(conn: duckdb.DuckDBPyConnection, cid: str, by: str, note: str | None) -> dict:
+def reject(store: ReviewStore, cid: str, by: str, note: str | None) -> dict:
     """Close a held correction without changing either system; a reason is required."""
-    actor = _actor(by)
+    who = actor(by)
     if not note or not note.strip():
         raise ReviewError("--note must say why the correction is rejected (it goes into the audit log)")
-    _held_row(conn, cid)
-    _decide(conn, cid, "rejected", actor, note)
-    return show(conn, cid)
+    store.item(cid)  # an unknown id says so before anything else
+    return store.decide(cid, "rejected", who, note.strip())
 
 
-def close_resolved(conn: duckdb.DuckDBPyConnection, systems: Systems, actor: str) -> list[tuple[str, str]]:
+def close_resolved(store: ReviewStore, systems: Systems, who: str) -> list[tuple[str, str]]:
     """Close every held item whose variance has resolved itself; (correction_id, reason) of each."""
     closed = []
-    for cid in conn.execute(
-        "SELECT correction_id FROM recon.corrections WHERE status = ? ORDER BY partition_hour, correction_id", [HELD]
-    ).fetchall():
-        row = show(conn, cid[0])
-        check = recheck(systems, row)
-        if check.resolved:
-            _decide(conn, cid[0], "resolved", actor, check.reason)
-            closed.append((cid[0], check.reason))
+    for item in store.queue(HELD):
+        check = recheck(systems, item)
+        if check.resolved and store.close(item["correction_id"], who, check.reason):
+            closed.append((item["correction_id"], check.reason))
     return closed
 
 
-def _decide(conn: duckdb.DuckDBPyConnection, cid: str, status: str, actor: str, note: str) -> None:
-    """Close a held correction without posting anything (rejected, or resolved), with the audit row."""
+def apply_decisions(
+    settings: Settings, conn: duckdb.DuckDBPyConnection, store: ReviewStore, systems: Systems, who: str
+) -> list[tuple[str, str]]:
+    """Carry out the approvals not applied yet, each once; (correction_id, outcome) of each.
+    Runs inside a DuckDB-writing run, which holds the one writer lock: originals are read from
+    the ledger there. Publishing is idempotent by transaction_id, and the store records the
+    application only if no other run did, so a crash in between never applies one twice."""
+    outcomes = []
+    for item in store.pending():
+        cid, by = item["correction_id"], item["decided_by"]
+        check = recheck(systems, item)
+        if check.resolved:
+            store.close(cid, who, f"approval by {by} not carried out: {check.reason}", pending_approval=True)
+            outcomes.append((cid, f"resolved: {check.reason}"))
+            continue
+        correction = as_correction(item)
+        if correction.method == "count":
+            # The supervisor counted and stands by the rule's side: the difference is adjusted.
+            correction = replace(correction, method="adjust")
+        hour = datetime.fromisoformat(item["partition_hour"])
+        when = hour + timedelta(hours=1) if item["effective"] == "next-hour" else datetime.now(UTC)
+        try:
+            events = apply_correction(settings, conn, systems, correction, when)
+        except ReviewError as exc:  # e.g. a movement to re-send is nowhere to be found: stays pending
+            outcomes.append((cid, f"not applied: {exc}"))
+            continue
+        if correction.method == "resend" and events:
+            when = min(e.timestamp for e in events)  # the movements take effect at their own time
+        before = correction.before_quantity
+        after = before + correction.quantity if before is not None else None
+        note = f"approved by {by}; checked first: {check.reason}"
+        if store.mark_applied(cid, who, note, when, after, correction.method):
+            outcomes.append((cid, f"applied: {note}"))
+    return outcomes
+
+
+def adopt_held(conn: duckdb.DuckDBPyConnection, store: ReviewStore, recent_hours: int) -> int:
+    """Put items held in DuckDB but missing from the review store into it, with their evidence:
+    the ones held before the store existed (an upgrade), so supervisors see every held item."""
+    from invsync_pipeline.recon.evidence import evidence
+
+    cur = conn.execute("SELECT * FROM recon.corrections WHERE status = ? ORDER BY partition_hour", [HELD])
+    names = [d[0] for d in cur.description]
+    adopted = 0
+    for values in cur.fetchall():
+        row = dict(zip(names, values, strict=True))
+        c = Correction(**{k: row[k] for k in Correction.__dataclass_fields__ if k != "explained_by"},
+                       explained_by=tuple(row["explained_by"]))  # fmt: skip
+        c = replace(c, quantity=Decimal(str(c.quantity)), method=c.method or "adjust")
+        adopted += store.hold(c, evidence(conn, c, recent_hours))
+    return adopted
+
+
+def copy_to_warehouse(conn: duckdb.DuckDBPyConnection, store: ReviewStore) -> int:
+    """Copy the decisions and the audit rows added in the store since the last copy into
+    ``recon.corrections`` and ``recon.correction_audit_log``, where analysts query them. The
+    `held` rows are there already (the run that held them wrote both); a pending approval shows
+    as held_for_review until a run applies it. Returns the audit rows copied."""
+    (last,) = conn.execute("SELECT coalesce(max(last_audit_id), 0) FROM recon.review_copies").fetchone()
+    rows = store.trail_since(last)
+    if not rows:
+        return 0
+    copied = [r for r in rows if r["action"] != "held"]
     conn.execute("BEGIN TRANSACTION")
-    conn.execute(
-        "UPDATE recon.corrections SET status = ?, decided_by = ?, decided_at = ?, note = ? WHERE correction_id = ?",
-        [status, actor, datetime.now(UTC), note, cid],
-    )
-    audit(conn, cid, status, actor, note)
+    for cid in dict.fromkeys(r["correction_id"] for r in copied):
+        item = store.item(cid)
+        if item["status"] == "approved" and item["applied_at"] is None:
+            continue
+        conn.execute(
+            """UPDATE recon.corrections SET status = ?, decided_by = ?, decided_at = ?, after_quantity = ?,
+                      effective_at = ?, note = coalesce(?, note), method = ? WHERE correction_id = ?""",
+            [item["status"], item["decided_by"], item["decided_at"], item["after_quantity"], item["effective_at"],
+             item["decision_note"], item["method"], cid],
+        )  # fmt: skip
+    for r in copied:
+        audit(conn, r["correction_id"], r["action"], r["actor"], r["note"])
+    conn.execute("INSERT INTO recon.review_copies VALUES (?, now())", [rows[-1]["audit_id"]])
     conn.execute("COMMIT")
+    return len(copied)

@@ -220,7 +220,8 @@ def describe(result: DemoResult) -> list[str]:
     lines.append(
         f"injected {s['injected']} faults that leave a variance; detected {s['detected']}, "
         f"misclassified {s['misclassified']}, false positives {s['false_positives']}; "
-        f"corrected {s['corrected']}, held for review {s['held_for_review']} (invsync review list)"
+        f"corrected {s['corrected']}, held for review {s['held_for_review']} "
+        "(invsync review serve, or invsync review list)"
     )
     return lines
 

@@ -58,3 +58,10 @@ CREATE TABLE IF NOT EXISTS recon.correction_audit_log (
 );
 
 -- Alerts live in <INVSYNC_HOME>/ops.sqlite (table alerts), written by sensors and runs alike.
+
+-- How far the review store's audit trail (recon/review_store.py, outside DuckDB: supervisors
+-- decide there while a run writes) has been copied into the two tables above.
+CREATE TABLE IF NOT EXISTS recon.review_copies (
+    last_audit_id    BIGINT        NOT NULL,
+    copied_at        TIMESTAMPTZ   NOT NULL
+);

@@ -1,0 +1,1 @@
+"""The review page for supervisors (`invsync review serve`)."""
