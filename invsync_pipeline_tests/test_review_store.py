@@ -175,3 +175,18 @@ def test_the_page_escapes_what_it_shows_and_says_what_a_decision_lacks(settings,
         assert session.get(f"{url}/items/RECON-nope", timeout=10).status_code == 404
     with ReviewStore(load_settings().ops_url) as store:
         assert store.item("RECON-x")["status"] == "held_for_review"  # nothing was decided
+
+
+def test_a_plants_run_sees_and_carries_out_only_its_plants_items(tmp_path):
+    """Plants share the review store and each has its own DuckDB file: a plant's code location
+    (INVSYNC_PLANT) applies and copies only its own plant's decisions."""
+    url = f"sqlite:///{tmp_path / 'ops.sqlite'}"
+    with ReviewStore(url) as every, ReviewStore(url, plant="WH02") as wh02:
+        every.hold(_held("RECON-A"), {})
+        every.hold(_held("RECON-B", location="WH02/FG01"), {})
+        for cid in ("RECON-A", "RECON-B"):
+            every.decide(cid, "approved", "supervisor:J. Smith", "counted")
+        assert [i["correction_id"] for i in every.pending()] == ["RECON-A", "RECON-B"]
+        assert [i["correction_id"] for i in wh02.pending()] == ["RECON-B"]
+        assert [i["correction_id"] for i in wh02.queue("approved")] == ["RECON-B"]
+        assert {r["correction_id"] for r in wh02.trail_since(0)} == {"RECON-B"}

@@ -9,6 +9,7 @@ every run, so whichever run comes first applies an approval, once.
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
+from invsync_pipeline.plant_scope import ASSET_KEY_PREFIX
 from invsync_pipeline.recon.review_store import ReviewStore, review_store
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
@@ -57,6 +58,7 @@ def carry_out_reviews(
     group_name="review",
     kinds={"duckdb", "sqlite"},
     pool=DUCKDB_WRITER_POOL,
+    key_prefix=ASSET_KEY_PREFIX,
     metadata={"dagster/table_name": "recon.corrections"},
 )
 def review_decisions(

@@ -87,9 +87,12 @@ def _tables(schema: str | None) -> tuple[sa.MetaData, sa.Table, sa.Table]:
 
 
 class ReviewStore:
-    """The review queue on one SQLAlchemy engine. ``schema`` (PostgreSQL) isolates a set of tables."""
+    """The review queue on one SQLAlchemy engine. ``schema`` (PostgreSQL) isolates a set of tables.
+    ``plant``: a plant's code location (INVSYNC_PLANT) sees and carries out only its plant's items,
+    since every plant shares the store and each has its own DuckDB file (docs/deploy.md)."""
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, plant: str | None = None) -> None:
+        self.plant = plant
         self.url = ops_url(url)
         self.engine = ops_engine(self.url)
         self.meta, self.items, self.audit = _tables(schema)
@@ -100,7 +103,7 @@ class ReviewStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReviewStore:
-        return cls(settings.ops_url)
+        return cls(settings.ops_url, plant=settings.plant)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -144,7 +147,7 @@ class ReviewStore:
             .where(self.items.c.status == "approved", self.items.c.applied_at.is_(None))
             .order_by(self.items.c.decided_at)
         )
-        return self._rows(query)
+        return self._rows(self._own(query))
 
     def mark_applied(self, cid: str, actor: str, note: str, effective_at: datetime, after: object, method: str) -> bool:
         """Record that an approved item was carried out (``method``: how, a count is adjusted);
@@ -218,7 +221,7 @@ class ReviewStore:
         """Items, oldest hour first, filtered; ``min_age_hours``: held at least that long ago."""
         c = self.items.c
         query = sa.select(self.items).order_by(c.partition_hour, c.correction_id)
-        for column, wanted in ((c.status, status), (c.plant, plant), (c.material_type, material_type),
+        for column, wanted in ((c.status, status), (c.plant, plant or self.plant), (c.material_type, material_type),
                                (c.cause, cause)):  # fmt: skip
             if wanted:
                 query = query.where(column == wanted)
@@ -242,8 +245,15 @@ class ReviewStore:
     def trail_since(self, audit_id: int) -> list[dict]:
         """Audit rows after ``audit_id``, in order: what a run copies into DuckDB for analysts."""
         query = sa.select(self.audit).where(self.audit.c.audit_id > audit_id).order_by(self.audit.c.audit_id)
+        if self.plant:
+            own = sa.select(self.items.c.correction_id).where(self.items.c.plant == self.plant)
+            query = query.where(self.audit.c.correction_id.in_(own))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
+
+    def _own(self, query: sa.Select) -> sa.Select:
+        """``query`` limited to this plant's items (all items without a plant)."""
+        return query.where(self.items.c.plant == self.plant) if self.plant else query
 
     def _id(self, cid: str) -> sa.ColumnElement[bool]:
         return self.items.c.correction_id == cid
