@@ -8,6 +8,8 @@ environment, never from the file:
 - ``INVSYNC_HOME``       runtime directory (staged events, outbox, DuckDB), default ``data/runtime``
 - ``INVSYNC_NAMESPACE``  prefix for every exchange and queue name, so tests and plants can share
                          one broker without touching each other's topology
+- ``INVSYNC_PLANT``      the plant this process serves where plants reconcile on their own
+                         (docs/deploy.md); unset: one deployment for every plant
 - ``INVSYNC_MES_URL``    MES base URL; ``INVSYNC_MES_TOKEN`` its bearer token
 - ``INVSYNC_ERP_URL``    SQLAlchemy URL of the ERP database, default SQLite under INVSYNC_HOME
 - ``INVSYNC_ALERT_WEBHOOK_URL``  where alerts are posted (Slack / Teams incoming webhook)
