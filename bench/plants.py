@@ -64,9 +64,14 @@ def reconcile_child() -> dict:
         with open_warehouse(settings.warehouse_path) as conn:  # a DuckDB setting kept in the file
             conn.execute(f"SET GLOBAL threads = {int(threads)}")
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    instance = dg.DagsterInstance.ephemeral()
+    # Ready, then wait for the go: the plants' runs start together, after every process has
+    # imported Dagster (imports competing for the cores are not the runs' work).
+    print("ready", flush=True)
+    sys.stdin.readline()
     started = time.time()
     result = dg.materialize(assets, partition_key=partition_key_of(HOUR), resources=default_resources(),
-                            instance=dg.DagsterInstance.ephemeral(), run_config=quiet)  # fmt: skip
+                            instance=instance, run_config=quiet)  # fmt: skip
     finished = time.time()
     assert result.success
     keys = sorted(k.to_user_string() for a in assets for k in a.keys)
@@ -75,10 +80,16 @@ def reconcile_child() -> dict:
 
 
 def run_plants(home: Path, config: Path, plants: list[str]) -> tuple[float, list[dict]]:
-    """The plants' runs started together; (seconds from the first run's start to the last one's
-    end, not counting the processes' imports; their results)."""
+    """The plants' runs started together once every process is ready; (seconds from the first
+    run's start to the last one's end; their results)."""
     procs = [subprocess.Popen([sys.executable, __file__, "--part", "reconcile"], env=plant_env(home, config, p),
-                              stdout=subprocess.PIPE, text=True) for p in plants]  # fmt: skip
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for p in plants]  # fmt: skip
+    for plant, proc in zip(plants, procs, strict=True):
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"plant {plant}: its process did not get ready (its error is above)")
+    for proc in procs:  # go, all at once
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     results = []
     for plant, proc in zip(plants, procs, strict=True):
         out, _ = proc.communicate()

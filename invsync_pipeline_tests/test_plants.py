@@ -135,8 +135,8 @@ def test_plants_reconcile_at_once_and_a_plant_whose_file_is_held_blocks_no_other
     try:
         assert holder.stdout.readline().strip() == "held"
         runs = {p: subprocess.Popen([sys.executable, str(BENCH / "plants.py"), "--part", "reconcile"],
-                                    env={**os.environ, "INVSYNC_PLANT": p}, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+                                    env={**os.environ, "INVSYNC_PLANT": p}, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for p in ("WH01", "WH02")}  # fmt: skip
         outcome = {p: (*proc.communicate(timeout=300), proc.returncode) for p, proc in runs.items()}
     finally:
