@@ -129,3 +129,24 @@ def test_a_range_run_stages_each_id_once_across_hours_like_hour_by_hour_runs(set
         ).fetchall()
     # The earliest hour of the range keeps DUP-1; the copy staged before the range keeps DUP-2.
     assert rows == [("DUP-1", "10"), ("DUP-2", "09"), ("T-10", "10"), ("T-11", "11")]
+
+
+def test_an_hour_stages_the_same_rows_from_parquet_twins_as_from_json_lines(settings, topology, connection):
+    publish_events(connection, topology.exchange, _hour_events())
+    drain_ledger_tap(settings)
+    folder = settings.staged_dir / "events" / f"{DAY}T10"
+    twins = sorted(folder.glob("*.parquet"))
+    assert twins and len(twins) == len(list(folder.glob("*.jsonl")))  # the drain wrote one per segment
+
+    def staged() -> list[tuple]:
+        assert _materialize().success
+        with open_warehouse(settings.warehouse_path, read_only=True) as conn:
+            return conn.execute("SELECT * FROM staging.inventory_events ORDER BY ALL").fetchall()
+
+    from_twins = staged()
+    for twin in twins:  # a segment older than twins, or a crash before its twin: read as JSON Lines
+        twin.unlink()
+    from_json_lines = staged()
+
+    assert from_twins == from_json_lines
+    assert len(from_twins) == 9
