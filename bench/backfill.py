@@ -12,7 +12,10 @@ extrapolated to the range.
 
 --reuse --home DIR backfills the data a run with --home DIR generated (31 min at the full size)
 again; --range-hours N backfills only its first N hours (a quick profile); --baseline-hours 0
-skips the one-run-per-partition baseline.
+skips the one-run-per-partition baseline. Before the backfill, every staged segment gets the
+Parquet twin the drain writes beside it (messaging/staged_log.py; ~25 min for the 3 weeks, once,
+figures "twins_written" and "twins_seconds"); --no-twins leaves segments without one, so staging
+reads their JSON Lines (the fallback path).
 
 INVSYNC_DUCKDB_MEMORY_LIMIT (e.g. 4GB) caps DuckDB's memory as in production settings.
 
@@ -53,6 +56,7 @@ def main() -> None:
     parser.add_argument("--range-hours", type=int, default=None, help="backfill only the first N hours")
     parser.add_argument("--home", type=Path, default=None, help="runtime dir (default: a temp dir, removed after)")
     parser.add_argument("--reuse", action="store_true", help="use the data already generated in --home")
+    parser.add_argument("--no-twins", action="store_true", help="do not write the segments' missing Parquet twins")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="invsync-bench-backfill-"))
@@ -75,6 +79,16 @@ def main() -> None:
         figures["generate_seconds"] = round(time.perf_counter() - started, 1)
         print(json.dumps({"generated": made}, default=str), flush=True)
     settings = load_settings()
+    if not args.no_twins:
+        # The generator writes segments as the drain does, less the twin the drain writes after
+        # the ack; write the missing ones (none on a --reuse of data that has them).
+        from invsync_pipeline.messaging.staged_log import columnar_twins
+
+        started = time.perf_counter()
+        events_dir = settings.staged_dir / "events"
+        figures["twins_written"] = sum(len(columnar_twins(sorted(folder.glob("*.jsonl"))))
+                                       for folder in sorted(events_dir.iterdir()) if folder.is_dir())  # fmt: skip
+        figures["twins_seconds"] = round(time.perf_counter() - started, 1)
     apply_topology(settings)
     job = defs.resolve_job_def("hourly_reconciliation")
     keys = [_key(START + timedelta(hours=h)) for h in range(min(args.hours, args.range_hours or args.hours))]
