@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pika
 import pika.exceptions
 
@@ -38,6 +39,7 @@ from invsync_pipeline.messaging.staged_log import (
     StagedEventLog,
     columnar_twins,
     new_segment_id,
+    twin_writer,
     utc_now_iso,
 )
 from invsync_pipeline.messaging.topology import build_topology
@@ -106,10 +108,11 @@ def drain_ledger_tap(
 
     own = connection is None
     conn: pika.BlockingConnection | None = connection or connect(settings)
+    twins = _Twins()
     try:
         while conn is not None:
             try:
-                _drain(conn, queue, staged_log, settings, result, deadline, budget_events, after_write)
+                _drain(conn, queue, staged_log, settings, result, deadline, budget_events, after_write, twins)
                 break
             except _CONNECTION_LOST as exc:
                 result.reconnects += 1
@@ -121,6 +124,7 @@ def drain_ledger_tap(
                 if conn is None:
                     result.stopped_because = "broker connection lost; not back within the time budget"
     finally:
+        twins.close()
         if own and conn is not None:
             _close_quietly(conn)
     result.seconds = time.monotonic() - started
@@ -136,6 +140,7 @@ def _drain(
     deadline: float,
     budget_events: float,
     after_write: Callable[[list[str]], None] | None,
+    twins: _Twins,
 ) -> None:
     """Drain on one connection until done (sets ``result.stopped_because``); a lost connection
     raises out of here, leaving everything not acked to the broker."""
@@ -179,7 +184,7 @@ def _drain(
                 result.consumed += len(batch)
                 result.batches += 1
                 batch = []
-                _write_twins(segments)
+                twins.write(segments)
             if idle:
                 result.stopped_because = "queue empty"
                 break
@@ -215,13 +220,26 @@ def _close_quietly(conn: pika.BlockingConnection) -> None:
             conn.close()
 
 
-def _write_twins(segments: list[Path]) -> None:
-    """The Parquet twins of a batch's event segments, once the batch is acked. Best effort: the
-    segments are the durable copy, and staging reads a segment without a twin as it is."""
-    try:
-        columnar_twins(segments)
-    except Exception:  # noqa: BLE001 - invariant 3: a twin not written never stops the drain
-        log.exception("Parquet twins of %d segments not written; staging reads their JSON Lines", len(segments))
+class _Twins:
+    """Writes the Parquet twins of acked segments through one DuckDB connection per drain, opened
+    at the first batch. Best effort: the segments are the durable copy, and staging reads a
+    segment without a twin as it is."""
+
+    def __init__(self) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def write(self, segments: list[Path]) -> None:
+        try:
+            if self._con is None:
+                self._con = twin_writer()
+            columnar_twins(segments, self._con)
+        except Exception:  # noqa: BLE001 - invariant 3: a twin not written never stops the drain
+            log.exception("Parquet twins of %d segments not written; staging reads their JSON Lines", len(segments))
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
 
 def _stage_batch(

@@ -199,14 +199,15 @@ def _quarantine_line(message: QuarantinedMessage) -> str:
         )
 
 
-def columnar_twins(segments: Iterable[Path]) -> list[Path]:
+def columnar_twins(segments: Iterable[Path], con: duckdb.DuckDBPyConnection | None = None) -> list[Path]:
     """Write the Parquet twin of each JSON Lines event segment that lacks one; the twins written.
 
     A twin holds the segment's rows as staging reads them (sql/staging/segment_rows.sql: typed,
     with the hour of the folder and the segment id), so staging reads it as is. One DuckDB
     statement per hour folder writes a file per segment into a temporary folder; each file is
     fsynced and renamed beside its segment. The segment stays the durable copy: a twin missing
-    (or a temporary file left by a crash) costs speed, never a row."""
+    (or a temporary file left by a crash) costs speed, never a row. ``con``: an in-memory DuckDB
+    connection from ``twin_writer`` to reuse (opening one costs about what a small twin does)."""
     by_folder: dict[Path, list[Path]] = {}
     for path in segments:
         path = Path(path)
@@ -215,9 +216,9 @@ def columnar_twins(segments: Iterable[Path]) -> list[Path]:
     written: list[Path] = []
     if not by_folder:
         return written
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")  # as the warehouse's connections: the same casts
-        con.execute("SET threads = 1")  # small files; leave the other cores to the work around it
+    own = con is None
+    con = con or twin_writer()
+    try:
         for folder, paths in sorted(by_folder.items()):
             hour = datetime.strptime(folder.name, HOUR_DIR_FORMAT).replace(tzinfo=UTC)
             tmp = folder / f".columnar-{uuid.uuid4().hex[:8]}.tmp"
@@ -238,7 +239,18 @@ def columnar_twins(segments: Iterable[Path]) -> list[Path]:
             finally:
                 _remove_tree(tmp)
             _fsync_dir(folder)
+    finally:
+        if own:
+            con.close()
     return written
+
+
+def twin_writer() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection for ``columnar_twins``; close it when done."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # as the warehouse's connections: the same casts
+    con.execute("SET threads = 1")  # small files; leave the other cores to the work around it
+    return con
 
 
 def _fsync_file(path: Path) -> None:
