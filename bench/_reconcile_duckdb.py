@@ -47,10 +47,12 @@ def reconcile_hour(conn) -> None:
     observed = conn.execute("SELECT observed_at FROM recon.investigation_inputs WHERE partition_hour = ?", [HOUR])
     assert observed.fetchone() is not None, "generation did not store the investigation's inputs"
     conn.execute("BEGIN TRANSACTION")
-    for table, query in (("recon.explained_movements", "recon/explained_movements"),
-                         ("recon.variance_investigation", "recon/variance_investigation")):  # fmt: skip
-        conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [HOUR])
-        conn.execute(f"INSERT INTO {table} {sql(query)}", {"partition_hour": HOUR})
+    conn.execute("DELETE FROM recon.explained_movements WHERE partition_hour = ?", [HOUR])
+    conn.execute(f"INSERT INTO recon.explained_movements {sql('recon/explained_movements')}",
+                 {"first_hour": HOUR, "last_hour": HOUR})  # fmt: skip
+    conn.execute("DELETE FROM recon.variance_investigation WHERE partition_hour = ?", [HOUR])
+    conn.execute(f"INSERT INTO recon.variance_investigation {sql('recon/variance_investigation')}",
+                 {"partition_hour": HOUR})  # fmt: skip
     conn.execute(
         """SELECT cause, system, count(*) AS rows, sum(abs(explained_quantity)) AS quantity,
                   sum(len(transaction_ids)) AS transactions

@@ -8,11 +8,19 @@ baseline, measured in the same process: a few hours run the old way, one run per
 extrapolated to the range.
 
     .venv/bin/python bench/backfill.py [--hours 504] [--material-locations 50000]
-        [--events-per-hour 100000] [--home DIR] [--reuse]
+        [--events-per-hour 100000] [--home DIR] [--reuse] [--baseline-hours 3] [--range-hours N]
+
+--reuse --home DIR backfills the data a run with --home DIR generated (31 min at the full size)
+again; --range-hours N backfills only its first N hours (a quick profile); --baseline-hours 0
+skips the one-run-per-partition baseline. Before the backfill, every staged segment gets the
+Parquet twin the drain writes beside it (messaging/staged_log.py; ~25 min for the 3 weeks, once,
+figures "twins_written" and "twins_seconds"); --no-twins leaves segments without one, so staging
+reads their JSON Lines (the fallback path).
 
 INVSYNC_DUCKDB_MEMORY_LIMIT (e.g. 4GB) caps DuckDB's memory as in production settings.
 
-Prints one JSON line last: {"partitions", "seconds", "per_partition_s", ...}.
+Prints one JSON line last: {"partitions", "seconds", "per_partition_s", "step_seconds", ...};
+step_seconds is each asset's share of the ranged run, from the run's step events.
 """
 
 from __future__ import annotations
@@ -45,8 +53,10 @@ def main() -> None:
     parser.add_argument("--material-locations", type=int, default=50_000)
     parser.add_argument("--events-per-hour", type=int, default=100_000)
     parser.add_argument("--baseline-hours", type=int, default=3, help="hours run one run per partition")
+    parser.add_argument("--range-hours", type=int, default=None, help="backfill only the first N hours")
     parser.add_argument("--home", type=Path, default=None, help="runtime dir (default: a temp dir, removed after)")
     parser.add_argument("--reuse", action="store_true", help="use the data already generated in --home")
+    parser.add_argument("--no-twins", action="store_true", help="do not write the segments' missing Parquet twins")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="invsync-bench-backfill-"))
@@ -69,18 +79,30 @@ def main() -> None:
         figures["generate_seconds"] = round(time.perf_counter() - started, 1)
         print(json.dumps({"generated": made}, default=str), flush=True)
     settings = load_settings()
+    if not args.no_twins:
+        # The generator writes segments as the drain does, less the twin the drain writes after
+        # the ack; write the missing ones (none on a --reuse of data that has them).
+        from invsync_pipeline.messaging.staged_log import columnar_twins
+
+        started = time.perf_counter()
+        events_dir = settings.staged_dir / "events"
+        figures["twins_written"] = sum(len(columnar_twins(sorted(folder.glob("*.jsonl"))))
+                                       for folder in sorted(events_dir.iterdir()) if folder.is_dir())  # fmt: skip
+        figures["twins_seconds"] = round(time.perf_counter() - started, 1)
     apply_topology(settings)
     job = defs.resolve_job_def("hourly_reconciliation")
-    keys = [_key(START + timedelta(hours=h)) for h in range(args.hours)]
+    keys = [_key(START + timedelta(hours=h)) for h in range(min(args.hours, args.range_hours or args.hours))]
+    per_run = None
     try:
         # Baseline: the last few hours, one run each (what a backfill without the policy does).
-        baseline = keys[-args.baseline_hours :]
+        baseline = keys[-args.baseline_hours :] if args.baseline_hours > 0 else []
         started = time.perf_counter()
         for key in baseline:
             assert job.execute_in_process(partition_key=key, instance=dg.DagsterInstance.ephemeral(),
                                           run_config=QUIET).success  # fmt: skip
-        per_run = (time.perf_counter() - started) / len(baseline)
-        print(json.dumps({"baseline_hours": len(baseline), "per_partition_run_s": round(per_run, 3)}), flush=True)
+        if baseline:
+            per_run = (time.perf_counter() - started) / len(baseline)
+            print(json.dumps({"baseline_hours": len(baseline), "per_partition_run_s": round(per_run, 3)}), flush=True)
 
         started = time.perf_counter()
         tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
@@ -98,9 +120,10 @@ def main() -> None:
     print(json.dumps({
         "material_locations": args.material_locations, "events_per_hour": args.events_per_hour, **figures,
         "peak_rss_mb": peak_mb, "duckdb_memory_limit": settings.duckdb.memory_limit or "default",
-        "baseline_per_partition_run_s": round(per_run, 3),
-        "baseline_extrapolated_s": round(per_run * len(keys), 1),
+        "baseline_per_partition_run_s": round(per_run, 3) if per_run is not None else None,
+        "baseline_extrapolated_s": round(per_run * len(keys), 1) if per_run is not None else None,
         "partitions": len(keys), "seconds": round(seconds, 1), "per_partition_s": round(seconds / len(keys), 3),
+        "step_seconds": steps,
     }))  # fmt: skip
 
 

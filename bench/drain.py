@@ -2,11 +2,12 @@
 
 Both consume the same number of messages from the same kind of queue on the same broker in
 the same run. The bare loop does no work: basic_consume with the same prefetch, ack each
-message. The drain validates every message, writes fsynced segments, then acks per batch.
+message. The drain validates every message, writes fsynced segments, then acks per batch, then
+writes each segment's Parquet twin.
 
     .venv/bin/python bench/drain.py [--events 100000]
 
-Prints one JSON line last: {"events", "drain_per_s", "raw_per_s", "ratio"}.
+Prints one JSON line last: {"events", "drain_per_s", "raw_per_s", "ratio", "segments", "parquet_twins"}.
 """
 
 from __future__ import annotations
@@ -111,13 +112,16 @@ def main() -> None:
         fill(settings, topo.exchange, topo.ledger_tap, n)
         drain_s, staged = drain_path(settings, n)
         assert staged == n, f"staged {staged} of {n}"
+        events = settings.staged_dir / "events"
+        segments, twins = len(list(events.glob("*/*.jsonl"))), len(list(events.glob("*/*.parquet")))
     finally:
         delete_topology(settings)
         shutil.rmtree(home, ignore_errors=True)
     raw_rate, drain_rate = n / raw_s, n / drain_s
     print(f"bare pika consume+ack: {n} in {raw_s:.2f} s; drain (validate, fsync, ack): {n} in {drain_s:.2f} s")
     print(json.dumps({"events": n, "drain_per_s": round(drain_rate), "raw_per_s": round(raw_rate),
-                      "ratio": round(drain_rate / raw_rate, 3)}))  # fmt: skip
+                      "ratio": round(drain_rate / raw_rate, 3), "segments": segments,
+                      "parquet_twins": twins}))  # fmt: skip
 
 
 if __name__ == "__main__":

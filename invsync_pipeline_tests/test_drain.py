@@ -118,6 +118,20 @@ def test_a_crash_between_writing_and_acking_loses_nothing_and_duplicates_nothing
     assert _load_hours(settings) == 300  # ...but each event loaded once
 
 
+def test_a_segments_parquet_twin_is_written_only_after_its_batch_is_acked(settings, topology, connection):
+    publish_events(connection, topology.exchange, _events(60))
+    twins_at_write = []
+
+    def look(paths):  # the batch is durable here, and not acked yet
+        twins_at_write.extend(p for p in paths if os.path.exists(p.removesuffix(".jsonl") + ".parquet"))
+
+    drain_ledger_tap(settings, after_write=look)
+
+    assert twins_at_write == []  # the ack never waits for a twin
+    segments = [p for hour in HOURS for p in (settings.staged_dir / "events" / hour).glob("*.jsonl")]
+    assert segments and all(p.with_suffix(".parquet").exists() for p in segments)
+
+
 def test_a_killed_drain_process_loses_nothing_and_duplicates_nothing(settings, topology, connection):
     events = _events(400)
     publish_events(connection, topology.exchange, events)

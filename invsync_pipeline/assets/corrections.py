@@ -1,11 +1,12 @@
 """auto_corrections and correction_audit_log: fix the wrong system by the rules, and keep the trail."""
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import each_hour, hourly_asset
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, each_hour, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.review_decisions import carry_out_reviews
 from invsync_pipeline.assets.variances import variance_investigation
@@ -14,6 +15,9 @@ from invsync_pipeline.recon.review_store import ReviewStore, review_store
 from invsync_pipeline.resources import ErpResource, InvsyncResource, MesResource, WarehouseResource, open_systems
 from invsync_pipeline.settings import Settings
 from invsync_pipeline.sources.systems import Systems
+
+if TYPE_CHECKING:
+    from invsync_pipeline.recon.rules import Rules
 
 
 class CorrectionConfig(dg.Config):
@@ -57,10 +61,43 @@ def auto_corrections(
     with review_store(settings) as store:
         reviews = carry_out_reviews(context, settings, store, erp, mes, warehouse)
         with open_systems(erp, mes) as systems:
-            result = each_hour(
-                context, lambda key: _auto_corrections_hour(key, config, settings, systems, warehouse, store)
+            result = each_chunk(
+                context, lambda keys: _auto_corrections_hours(keys, config, settings, systems, warehouse, store)
             )
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **reviews})
+
+
+def _auto_corrections_hours(
+    partition_keys: Sequence[str],
+    config: CorrectionConfig,
+    settings: Settings,
+    systems: Systems,
+    warehouse: WarehouseResource,
+    store: ReviewStore,
+) -> dg.MaterializeResult:
+    """The corrections of the consecutive hours ``partition_keys`` (one, or a chunk): the findings
+    a correction could fix are read in one statement, then each hour is decided, published and
+    recorded in order, so an hour sees what the hours before it corrected."""
+    from invsync_pipeline.recon.corrections import correction_candidates
+    from invsync_pipeline.recon.rules import load_rules
+
+    # A bad rules file stops here, before anything changes.
+    rules = load_rules(config.rules_path or settings.reconciliation.rules_path)
+    first, last = chunk_bounds(partition_keys)
+    with warehouse.connect() as conn:
+        candidates = correction_candidates(conn, first, last)
+    counts = {"new_corrections": 0, "applied": 0, "held_for_review": 0}
+    for key in partition_keys:
+        hour = _auto_corrections_hour(key, config, settings, systems, warehouse, store, rules, candidates)
+        for name, n in hour.items():
+            counts[name] += n
+    with warehouse.connect() as conn:
+        summary = conn.execute(
+            """SELECT status, method, target_system, cause, count(*) AS corrections, sum(abs(quantity)) AS quantity
+               FROM recon.corrections WHERE partition_hour BETWEEN ? AND ? GROUP BY ALL ORDER BY ALL""",
+            [first, last],
+        ).df()
+    return dg.MaterializeResult(metadata={**counts, "hour_summary": dg.MetadataValue.md(md_table(summary))})
 
 
 def _auto_corrections_hour(
@@ -70,16 +107,15 @@ def _auto_corrections_hour(
     systems: Systems,
     warehouse: WarehouseResource,
     store: ReviewStore,
-) -> dg.MaterializeResult:
+    rules: "Rules",
+    candidates: pd.DataFrame,
+) -> dict[str, int]:
     from invsync_pipeline.recon.corrections import alert_held, apply_corrections, decide, effective_time, record
     from invsync_pipeline.recon.evidence import evidence
-    from invsync_pipeline.recon.rules import load_rules
 
-    # A bad rules file stops here, before anything changes.
-    rules = load_rules(config.rules_path or settings.reconciliation.rules_path)
     start, end = hour_bounds(partition_key)
     with warehouse.connect() as conn:
-        decisions = decide(conn, start, rules)
+        decisions = decide(conn, start, rules, candidates)
         effective = effective_time(end, config.effective_at)
         # Published before they are recorded: a crash in between makes the next run decide and
         # publish them again under the same transaction ids, which everything downstream dedupes.
@@ -104,19 +140,7 @@ def _auto_corrections_hour(
                 alert_held(settings, correction)
                 held += 1
         conn.execute("COMMIT")
-        summary = conn.execute(
-            """SELECT status, method, target_system, cause, count(*) AS corrections, sum(abs(quantity)) AS quantity
-               FROM recon.corrections WHERE partition_hour = ? GROUP BY ALL ORDER BY ALL""",
-            [start],
-        ).df()
-    return dg.MaterializeResult(
-        metadata={
-            "new_corrections": len(decisions),
-            "applied": applied,
-            "held_for_review": held,
-            "hour_summary": dg.MetadataValue.md(md_table(summary)),
-        }
-    )
+    return {"new_corrections": len(decisions), "applied": applied, "held_for_review": held}
 
 
 @hourly_asset(

@@ -42,15 +42,22 @@ def analyst_exports(
     Analysts query these files instead, at any time, from DuckDB, pandas or a BI tool:
     `SELECT * FROM read_parquet('exports/recon.variances/*/*.parquet', hive_partitioning = true)`.
     One folder per table and one per hour (`hour=YYYY-MM-DDTHH`); a re-run replaces the hour's file."""
-    return each_chunk(context, lambda keys: _analyst_exports_hours(keys, invsync, warehouse))
+    run_hours = chunk_bounds(context.partition_keys)
+    return each_chunk(context, lambda keys: _analyst_exports_hours(keys, run_hours, invsync, warehouse))
 
 
 def _analyst_exports_hours(
-    partition_keys: Sequence[str], invsync: InvsyncResource, warehouse: WarehouseResource
+    partition_keys: Sequence[str],
+    run_hours: tuple[datetime, datetime],
+    invsync: InvsyncResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
-    """Exports the consecutive hours ``partition_keys`` (one, or a chunk), then any earlier hour
-    whose rows changed after its files were written: movements staged late (or re-sent by a
-    correction) for it, a correction of it approved, rejected or resolved since."""
+    """Exports the consecutive hours ``partition_keys`` (one, or a chunk), then any hour outside
+    the run's hours ``run_hours`` whose rows changed after its files were written: movements
+    staged late (or re-sent by a correction) for it, a correction of it approved, rejected or
+    resolved since. The run's own hours are left to their chunks: every step before this one has
+    finished, so their rows no longer change (a re-run backfill, whose staging touched every hour
+    of the range, re-exported the whole range once per chunk)."""
     first, last = chunk_bounds(partition_keys)
     root = invsync.settings().exports_dir
     root.mkdir(parents=True, exist_ok=True)
@@ -61,7 +68,7 @@ def _analyst_exports_hours(
     with warehouse.connect(read_only=True) as conn:
         counts = {table: _export(conn, root, table, first, last) for table in EXPORTED_TABLES}
         refreshed = 0
-        for table, hour in _changed_since_export(conn, root, first, last):
+        for table, hour in _changed_since_export(conn, root, *run_hours):
             counts[table] += _export(conn, root, table, hour, hour)
             refreshed += 1
     settings = invsync.settings()

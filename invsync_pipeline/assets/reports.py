@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -13,7 +14,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from invsync_pipeline.assets.hours import each_hour, hourly_asset
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.variances import variance_investigation
 from invsync_pipeline.partitions import hour_bounds
@@ -70,25 +71,49 @@ def variance_report(
     tables by plant, material type and cause, the item list, and a chart of the last 48 hours.
     `reports/latest.html` is a copy of the newest hour's page. Re-running an hour rewrites the
     same table rows and files (a supervisor's review decisions since then do show)."""
-    return each_hour(context, lambda key: _variance_report_hour(key, context, invsync, warehouse))
+    return each_chunk(context, lambda keys: _variance_report_hours(keys, invsync, warehouse))
 
 
-def _variance_report_hour(
-    partition_key: str, context: dg.AssetExecutionContext, invsync: InvsyncResource, warehouse: WarehouseResource
+def _variance_report_hours(
+    partition_keys: Sequence[str], invsync: InvsyncResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    start, _ = hour_bounds(partition_key)
+    """The reports of the consecutive hours ``partition_keys`` (one, or a chunk): the table in
+    one statement, then each hour's figures and files; metadata of the last hour, counts summed."""
+    first, last = chunk_bounds(partition_keys)
     with warehouse.connect() as conn:
         conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM recon.variance_report WHERE partition_hour = ?", [start])
-        conn.execute(f"INSERT INTO recon.variance_report {sql('reports/variance_report')}", {"partition_hour": start})
+        conn.execute("DELETE FROM recon.variance_report WHERE partition_hour BETWEEN ? AND ?", [first, last])
+        conn.execute(
+            f"INSERT INTO recon.variance_report {sql('reports/variance_report')}",
+            {"first_hour": first, "last_hour": last},
+        )
         conn.execute("COMMIT")
-        figures = read_hour_figures(conn, start)
+        figures = [read_hour_figures(conn, hour_bounds(key)[0]) for key in partition_keys]
     folder = invsync.settings().reports_dir
-    stem = f"variances-{start:%Y-%m-%dT%H}"
-    csv_path = write_atomically(folder / f"{stem}.csv", render_csv(figures.items))
-    html_path = write_atomically(folder / f"{stem}.html", render_html(figures, csv_name=f"{stem}.csv"))
+    per_hour = [_report_metadata(f, *_write_report_files(folder, f)) for f in figures]
     newest = max(folder.glob("variances-*.html"))  # names sort by hour; a backfill never replaces a newer page
     write_atomically(folder / "latest.html", newest.read_text())
+    if len(per_hour) == 1:
+        return per_hour[0]
+    # A chunk: the last hour's tables and files, its hours' counts summed (as each_chunk sums chunks).
+    metadata = dict(per_hour[-1].metadata or {})
+    for name in SUMMED_METADATA:
+        metadata[name] = sum((result.metadata or {})[name] for result in per_hour)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+SUMMED_METADATA = ("dagster/row_count", "material_locations", "in_agreement", "variances", "value_at_stake",
+                   "held_for_review")  # fmt: skip
+
+
+def _write_report_files(folder: Path, figures: HourFigures) -> tuple[Path, Path]:
+    stem = f"variances-{figures.hour:%Y-%m-%dT%H}"
+    csv_path = write_atomically(folder / f"{stem}.csv", render_csv(figures.items))
+    html_path = write_atomically(folder / f"{stem}.html", render_html(figures, csv_name=f"{stem}.csv"))
+    return csv_path, html_path
+
+
+def _report_metadata(figures: HourFigures, csv_path: Path, html_path: Path) -> dg.MaterializeResult:
     pivot = pd.DataFrame(figures.by_plant_and_cause, columns=["plant", "cause", "items"])
     if len(pivot):
         pivot = pivot.pivot(index="plant", columns="cause", values="items").fillna(0).astype(int).reset_index()

@@ -7,7 +7,7 @@ from itertools import groupby
 import dagster as dg
 import pandas as pd
 
-from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, each_hour, hourly_asset
+from invsync_pipeline.assets.hours import chunk_bounds, each_chunk, hourly_asset
 from invsync_pipeline.assets.ledger import transaction_ledger
 from invsync_pipeline.assets.metadata import md_table
 from invsync_pipeline.assets.snapshots import erp_inventory_snapshot, mes_inventory_snapshot
@@ -169,14 +169,14 @@ def variance_investigation(
     by themselves and are never corrected. What the pipeline and the MES showed at the first
     investigation of an hour is kept, so re-running the hour gives the same findings."""
 
-    def one_hour(key: str) -> dg.MaterializeResult:
-        return _variance_investigation_hour(key, context, config, invsync.settings(), erp, mes, warehouse)
+    settings = invsync.settings()
+    return each_chunk(
+        context, lambda keys: _variance_investigation_hours(keys, context, config, settings, erp, mes, warehouse)
+    )
 
-    return each_hour(context, one_hour)
 
-
-def _variance_investigation_hour(
-    partition_key: str,
+def _variance_investigation_hours(
+    partition_keys: Sequence[str],
     context: dg.AssetExecutionContext,
     config: InvestigationConfig,
     settings: Settings,
@@ -184,44 +184,79 @@ def _variance_investigation_hour(
     mes: MesResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
-    start, _ = hour_bounds(partition_key)
+    """The investigation of the consecutive hours ``partition_keys`` (one, or a chunk)."""
+    first, last = chunk_bounds(partition_keys)
+    hours = [hour_bounds(key)[0] for key in partition_keys]
     with warehouse.connect() as conn:
-        observed = conn.execute(
-            "SELECT observed_at FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
-        ).fetchone()
-    if observed is None or config.refresh:
-        with open_systems(erp, mes) as systems:  # the MES the event-driven path writes now
-            _observe(start, context, settings, systems, warehouse)
+        observed = {
+            hour
+            for (hour,) in conn.execute(
+                "SELECT partition_hour FROM recon.investigation_inputs WHERE partition_hour BETWEEN ? AND ?",
+                [first, last],
+            ).fetchall()
+        }
+    if config.refresh or not set(hours) <= observed:
+        # An hour looked at for the first time sees the pipeline and the MES as they are now, and
+        # looks again at what the hours before it found in flight (recon/in_flight_due.sql reads
+        # their explained movements): hour by hour, each explained before the next is observed.
+        for hour in hours:
+            if config.refresh or hour not in observed:
+                with open_systems(erp, mes) as systems:  # the MES the event-driven path writes now
+                    _observe(hour, context, settings, systems, warehouse)
+            _investigate(warehouse, [hour])
+    else:
+        # Every hour was looked at before (a re-run, a backfill): what was seen then is stored, so
+        # one statement explains the chunk's movements; the causes still go hour by hour, since
+        # an hour's carried_over names the findings of the hours before it.
+        _investigate(warehouse, hours)
     with warehouse.connect() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        for table, query in (("recon.explained_movements", "recon/explained_movements"),
-                             ("recon.variance_investigation", "recon/variance_investigation")):  # fmt: skip
-            conn.execute(f"DELETE FROM {table} WHERE partition_hour = ?", [start])
-            conn.execute(f"INSERT INTO {table} {sql(query)}", {"partition_hour": start})
         by_cause = conn.execute(
             """SELECT cause, system, count(*) AS rows, sum(abs(explained_quantity)) AS quantity,
                       sum(len(transaction_ids)) AS transactions
-               FROM recon.variance_investigation WHERE partition_hour = ? GROUP BY ALL ORDER BY rows DESC""",
-            [start],
+               FROM recon.variance_investigation WHERE partition_hour BETWEEN ? AND ?
+               GROUP BY ALL ORDER BY rows DESC, cause, system""",
+            [first, last],
         ).df()
         observed_at, backlog_rows = conn.execute(
-            "SELECT observed_at, backlog_rows FROM recon.investigation_inputs WHERE partition_hour = ?", [start]
+            """SELECT max(observed_at), coalesce(sum(backlog_rows), 0) FROM recon.investigation_inputs
+               WHERE partition_hour BETWEEN ? AND ?""",
+            [first, last],
         ).fetchone()
         looked_again = conn.execute(
-            "SELECT state, count(*) FROM recon.in_flight_checks WHERE partition_hour = ? GROUP BY ALL", [start]
+            "SELECT state, count(*) FROM recon.in_flight_checks WHERE partition_hour BETWEEN ? AND ? GROUP BY ALL",
+            [first, last],
         ).fetchall()
-        conn.execute("COMMIT")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": int(by_cause["rows"].sum()) if len(by_cause) else 0,
             "causes": dg.MetadataValue.md(md_table(by_cause)),
             "unexplained": int(by_cause.loc[by_cause["cause"] == "unexplained", "rows"].sum()) if len(by_cause) else 0,
-            "backlog_messages": backlog_rows,
+            "backlog_messages": int(backlog_rows),
             "in_flight": int(by_cause.loc[by_cause["cause"] == "in_flight", "rows"].sum()) if len(by_cause) else 0,
             "looked_at_again": dg.MetadataValue.json(dict(looked_again)),
             "inputs_observed_at": str(observed_at),
         }
     )
+
+
+def _investigate(warehouse: WarehouseResource, hours: Sequence[datetime]) -> None:
+    """recon.explained_movements of the consecutive ``hours`` in one statement, then
+    recon.variance_investigation hour by hour, in one transaction."""
+    first, last = hours[0], hours[-1]
+    with warehouse.connect() as conn:
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("DELETE FROM recon.explained_movements WHERE partition_hour BETWEEN ? AND ?", [first, last])
+        conn.execute(
+            f"INSERT INTO recon.explained_movements {sql('recon/explained_movements')}",
+            {"first_hour": first, "last_hour": last},
+        )
+        for hour in hours:
+            conn.execute("DELETE FROM recon.variance_investigation WHERE partition_hour = ?", [hour])
+            conn.execute(
+                f"INSERT INTO recon.variance_investigation {sql('recon/variance_investigation')}",
+                {"partition_hour": hour},
+            )
+        conn.execute("COMMIT")
 
 
 def _observe(

@@ -41,6 +41,24 @@ def staged_status(ctx: click.Context) -> None:
     click.echo(f"quarantined messages: {len(staged_log.quarantined())} (invsync staged quarantine to list)")
 
 
+@staged.command("columnar")
+@click.pass_context
+def staged_columnar(ctx: click.Context) -> None:
+    """Write the Parquet twin of every event segment that lacks one (segments staged before the
+    drain wrote twins, or whose twin a crash left unwritten). Staging reads a twin instead of its
+    segment: the same rows, several times fewer bytes. Safe to run while the drain runs."""
+    from invsync_pipeline.messaging.staged_log import StagedEventLog, columnar_twins, partition_key_of_dir
+
+    staged_log = StagedEventLog(settings(ctx).staged_dir)
+    hours = (
+        sorted(p.name for p in staged_log.events_dir.iterdir() if p.is_dir()) if staged_log.events_dir.is_dir() else []
+    )
+    written = 0
+    for name in hours:
+        written += len(columnar_twins(staged_log.segments(partition_key_of_dir(name))))
+    click.echo(f"wrote {written} Parquet twins in {len(hours)} hours")
+
+
 @staged.command("quarantine")
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, body included.")

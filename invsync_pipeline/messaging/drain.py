@@ -6,6 +6,8 @@ first, so a Dagster sensor tick always finishes well inside its 60 s limit.
 
 Per batch: validate every message; write valid events into one segment per hour and invalid
 ones into a quarantine segment (each fsynced); only then ack the batch with one multiple-ack.
+After the ack, each event segment gets its Parquet twin (messaging/staged_log.py), which staging
+reads instead: it is never what an ack waits for, and a twin not written costs speed, not data.
 A crash anywhere before the ack leaves the messages unacked, so the broker delivers them
 again; the copies already written are harmless because every reader de-duplicates by
 transaction_id.
@@ -24,13 +26,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+import duckdb
 import pika
 import pika.exceptions
 
 from invsync_pipeline.contract import ContractLimits, ContractViolation, InventoryEvent, instant_text, parse_event
 from invsync_pipeline.messaging.connection import BrokerUnavailable, connect
-from invsync_pipeline.messaging.staged_log import QuarantinedMessage, StagedEventLog, new_segment_id, utc_now_iso
+from invsync_pipeline.messaging.staged_log import (
+    QuarantinedMessage,
+    StagedEventLog,
+    columnar_twins,
+    new_segment_id,
+    twin_writer,
+    utc_now_iso,
+)
 from invsync_pipeline.messaging.topology import build_topology
 from invsync_pipeline.partitions import partition_key_of
 from invsync_pipeline.settings import Settings
@@ -100,10 +111,11 @@ def drain_ledger_tap(
 
     own = connection is None
     conn: pika.BlockingConnection | None = connection or connect(settings)
+    twins = _Twins()
     try:
         while conn is not None:
             try:
-                _drain(conn, queue, staged_log, settings, result, deadline, budget_events, after_write)
+                _drain(conn, queue, staged_log, settings, result, deadline, budget_events, after_write, twins)
                 break
             except _CONNECTION_LOST as exc:
                 result.reconnects += 1
@@ -115,6 +127,7 @@ def drain_ledger_tap(
                 if conn is None:
                     result.stopped_because = "broker connection lost; not back within the time budget"
     finally:
+        twins.close()
         if own and conn is not None:
             _close_quietly(conn)
     result.seconds = time.monotonic() - started
@@ -130,6 +143,7 @@ def _drain(
     deadline: float,
     budget_events: float,
     after_write: Callable[[list[str]], None] | None,
+    twins: _Twins,
 ) -> None:
     """Drain on one connection until done (sets ``result.stopped_because``); a lost connection
     raises out of here, leaving everything not acked to the broker."""
@@ -168,11 +182,12 @@ def _drain(
                     break
                 conn.process_data_events(time_limit=min(_POLL_SECONDS, batch_deadline - now))
             if batch:
-                _stage_batch(batch, staged_log, limits, result, after_write)
+                segments = _stage_batch(batch, staged_log, limits, result, after_write)
                 channel.basic_ack(batch[-1].tag, multiple=True)
                 result.consumed += len(batch)
                 result.batches += 1
                 batch = []
+                twins.write(segments)
             if idle:
                 result.stopped_because = "queue empty"
                 break
@@ -208,13 +223,36 @@ def _close_quietly(conn: pika.BlockingConnection) -> None:
             conn.close()
 
 
+class _Twins:
+    """Writes the Parquet twins of acked segments through one DuckDB connection per drain, opened
+    at the first batch. Best effort: the segments are the durable copy, and staging reads a
+    segment without a twin as it is."""
+
+    def __init__(self) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def write(self, segments: list[Path]) -> None:
+        try:
+            if self._con is None:
+                self._con = twin_writer()
+            columnar_twins(segments, self._con)
+        except Exception:  # noqa: BLE001 - invariant 3: a twin not written never stops the drain
+            log.exception("Parquet twins of %d segments not written; staging reads their JSON Lines", len(segments))
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
 def _stage_batch(
     batch: list[_Delivery],
     staged_log: StagedEventLog,
     limits: ContractLimits,
     result: DrainResult,
     after_write: Callable[[list[str]], None] | None,
-) -> None:
+) -> list[Path]:
+    """Write the batch durably (events per hour, the invalid to the quarantine); the event segments."""
     received_at = utc_now_iso()
     by_partition: dict[str, list[str]] = {}
     bad: list[QuarantinedMessage] = []
@@ -244,6 +282,7 @@ def _stage_batch(
     result.quarantined += len(bad)
     if bad:
         log.warning("quarantined %d invalid messages in %s, first: %s", len(bad), quarantine_path, bad[0].rule)
+    return paths
 
 
 def _row(event: InventoryEvent, delivery: _Delivery, received_at: str) -> str:

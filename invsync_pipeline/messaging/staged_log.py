@@ -9,9 +9,18 @@ readers de-duplicate by transaction_id.
 Layout under ``staged/``::
 
     events/2026-11-24T15/<segment_id>.jsonl      valid events whose timestamp falls in that hour
+    events/2026-11-24T15/<segment_id>.parquet    the same rows, columnar (see below)
     quarantine/<segment_id>.jsonl                invalid messages, kept whole, with the reason
 
 Segment ids start with a nanosecond timestamp, so sorting them sorts them by write time.
+
+The JSON Lines segment is the durable copy, the one a message is acked after. Beside it the
+drain writes a Parquet twin after the ack: the same rows, typed as staging reads them
+(sql/staging/segment_rows.sql), about 20 times smaller and cheaper to read. Readers take the
+twin when it is there and the JSON Lines segment when it is not (a crash between the two, or a
+segment older than twins):
+``columnar_twins`` writes the missing ones for any segments (``invsync staged columnar``). A twin
+is written to a temporary file, fsynced and renamed, so it too is whole or absent.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from invsync_pipeline.contract import instant_text
 from invsync_pipeline.messaging.amqp_headers import as_json, headers_as_json
 from invsync_pipeline.partitions import PARTITION_FORMAT
+from invsync_pipeline.warehouse import sql
 
 HOUR_DIR_FORMAT = "%Y-%m-%dT%H"
 
@@ -123,6 +135,18 @@ class StagedEventLog:
             return []
         return sorted(p for p in folder.iterdir() if p.suffix == ".jsonl" and not p.name.startswith("."))
 
+    def readable_segments(self, partition_key: str) -> list[Path]:
+        """The segments of one hour, oldest first, each as its Parquet twin when it has one, else
+        as its JSON Lines file: the same rows either way, the twin faster to read."""
+        folder = self.events_dir / hour_dir_name(partition_key)
+        if not folder.is_dir():
+            return []
+        names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+        return [
+            folder / (f"{name[: -len('.jsonl')]}.parquet" if f"{name[: -len('.jsonl')]}.parquet" in names else name)
+            for name in sorted(n for n in names if n.endswith(".jsonl"))
+        ]
+
     def partitions_with_segments_after(self, segment_id: str) -> dict[str, str]:
         """For every hour holding a segment newer than ``segment_id``: its newest segment id."""
         newest: dict[str, str] = {}
@@ -173,6 +197,79 @@ def _quarantine_line(message: QuarantinedMessage) -> str:
             },
             separators=(",", ":"),
         )
+
+
+def columnar_twins(segments: Iterable[Path], con: duckdb.DuckDBPyConnection | None = None) -> list[Path]:
+    """Write the Parquet twin of each JSON Lines event segment that lacks one; the twins written.
+
+    A twin holds the segment's rows as staging reads them (sql/staging/segment_rows.sql: typed,
+    with the hour of the folder and the segment id), so staging reads it as is. One DuckDB
+    statement per hour folder writes a file per segment into a temporary folder; each file is
+    fsynced and renamed beside its segment. The segment stays the durable copy: a twin missing
+    (or a temporary file left by a crash) costs speed, never a row. ``con``: an in-memory DuckDB
+    connection from ``twin_writer`` to reuse (opening one costs about what a small twin does)."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in segments:
+        path = Path(path)
+        if path.suffix == ".jsonl" and not path.with_suffix(".parquet").exists():
+            by_folder.setdefault(path.parent, []).append(path)
+    written: list[Path] = []
+    if not by_folder:
+        return written
+    own = con is None
+    con = con or twin_writer()
+    try:
+        for folder, paths in sorted(by_folder.items()):
+            hour = datetime.strptime(folder.name, HOUR_DIR_FORMAT).replace(tzinfo=UTC)
+            tmp = folder / f".columnar-{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                # The temporary folder's name is ours (a uuid), not input; files and hour are bound.
+                con.execute(
+                    f"COPY ({sql('staging/segment_rows')}) TO '{tmp}' "
+                    "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (segment_id), WRITE_PARTITION_COLUMNS true)",
+                    {"files": [str(p) for p in paths], "partition_hour": hour},
+                )
+                for part in tmp.iterdir():
+                    segment_id = part.name.split("=", 1)[1]
+                    (data,) = list(part.iterdir())
+                    _fsync_file(data)
+                    final = folder / f"{segment_id}.parquet"
+                    os.replace(data, final)
+                    written.append(final)
+            finally:
+                _remove_tree(tmp)
+            _fsync_dir(folder)
+    finally:
+        if own:
+            con.close()
+    return written
+
+
+def twin_writer() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection for ``columnar_twins``; close it when done."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")  # as the warehouse's connections: the same casts
+    con.execute("SET threads = 1")  # small files; leave the other cores to the work around it
+    return con
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(folder: Path) -> None:
+    if not folder.exists():
+        return
+    for part in folder.iterdir():
+        if part.is_dir():
+            _remove_tree(part)
+        else:
+            part.unlink()
+    folder.rmdir()
 
 
 def _fsync_dir(folder: Path) -> None:

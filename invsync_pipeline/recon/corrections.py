@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import duckdb
+import pandas as pd
 
 from invsync_pipeline.contract import NO_HORIZON, InventoryEvent, instant_text, parse_event
 from invsync_pipeline.ops.alerts import raise_alert
@@ -79,10 +80,29 @@ def correction_id(hour: datetime, material: str, location: str, unit: str, cause
 MISSING_MOVEMENT_CAUSES = ("not_published", "missing_in_mes", "missing_in_erp", "quarantined", "dead_lettered")
 
 
-def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> list[Correction]:
+def correction_candidates(conn: duckdb.DuckDBPyConnection, first: datetime, last: datetime) -> pd.DataFrame:
+    """The findings of the hours ``first``..``last`` a correction could fix, with what the rules
+    need (sql/recon/correction_candidates.sql); one statement for a chunk of hours."""
+    # The tables are read only back to the widest in-flight window of these hours plus a day, and
+    # two hours ahead (each hour keeps to its own window in the SQL). Reading every hour's
+    # movements instead cost 3 s an hour at 3 weeks of a busy plant.
+    (window,) = conn.execute(
+        """SELECT coalesce(max(in_flight_window_minutes), 0) FROM recon.investigation_inputs
+           WHERE partition_hour BETWEEN ? AND ?""",
+        [first, last],
+    ).fetchone()
+    params = {"first_hour": first, "last_hour": last, "seen_from": first - timedelta(days=1, minutes=window),
+              "seen_to": last + timedelta(hours=2)}  # fmt: skip
+    return conn.execute(sql("recon/correction_candidates"), params).df()
+
+
+def decide(
+    conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules, candidates: pd.DataFrame | None = None
+) -> list[Correction]:
     """The corrections the rules call for in this hour, not yet decided before. A finding whose
     movements an earlier correction already names (applied, approved or held) is not decided again:
-    each movement is corrected once."""
+    each movement is corrected once. ``candidates``: ``correction_candidates`` of a chunk of hours
+    holding this one (read for this hour alone when not given)."""
     existing = {row[0] for row in conn.execute("SELECT correction_id FROM recon.corrections").fetchall()}
     named = {
         (tx, m, loc, unit)
@@ -92,16 +112,9 @@ def decide(conn: duckdb.DuckDBPyConnection, hour: datetime, rules: Rules) -> lis
                WHERE status IN ('applied', 'approved', 'held_for_review')"""
         ).fetchall()
     }
-    # The hours a movement explaining this one can belong to: back to the in-flight window the hour
-    # was investigated with (a movement looked at again belongs to the hour that found it in
-    # flight), plus a day, and two ahead. Reading only those keeps each hour's cost flat as months
-    # of movements pile up (it read every hour's before: 3 s an hour at 3 weeks of a busy plant).
-    (window,) = conn.execute(
-        "SELECT coalesce(max(in_flight_window_minutes), 0) FROM recon.investigation_inputs WHERE partition_hour = ?",
-        [hour],
-    ).fetchone()
-    seen = {"seen_from": hour - timedelta(days=1, minutes=window), "seen_to": hour + timedelta(hours=2)}
-    candidates = conn.execute(sql("recon/correction_candidates"), {"partition_hour": hour, **seen}).df()
+    if candidates is None:
+        candidates = correction_candidates(conn, hour, hour)
+    candidates = candidates[candidates["partition_hour"] == hour]
     decided = []
     for row in candidates.itertuples(index=False):
         tx_ids = list(row.transaction_ids)

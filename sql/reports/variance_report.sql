@@ -1,19 +1,20 @@
--- Builds recon.variance_report for one hour ($partition_hour): every variance of the hour,
--- once per cause the investigation found, with the correction the rules decided for that cause.
+-- Builds recon.variance_report for the hours $first_hour..$last_hour (one hour, or a chunk of a
+-- ranged run), every hour on its own: each variance of an hour, once per cause the investigation
+-- found, with the correction the rules decided for that cause.
 WITH variances AS (
-    SELECT * FROM recon.variances WHERE partition_hour = $partition_hour AND is_variance
+    SELECT * FROM recon.variances WHERE partition_hour BETWEEN $first_hour AND $last_hour AND is_variance
 ),
 
 causes AS (
-    SELECT * FROM recon.variance_investigation WHERE partition_hour = $partition_hour
+    SELECT * FROM recon.variance_investigation WHERE partition_hour BETWEEN $first_hour AND $last_hour
 ),
 
 -- A correction is decided for one investigation row: same material-location, unit and cause,
 -- explained by the same transactions. Its status is read now, so a supervisor's approval or
 -- rejection since shows when the hour is reported again.
 corrections AS (
-    SELECT correction_id, material_number, location, unit, cause, explained_by, status, critical
-    FROM recon.corrections WHERE partition_hour = $partition_hour
+    SELECT partition_hour, correction_id, material_number, location, unit, cause, explained_by, status, critical
+    FROM recon.corrections WHERE partition_hour BETWEEN $first_hour AND $last_hour
 )
 
 SELECT
@@ -44,7 +45,7 @@ SELECT
     k.status AS correction_status,
     k.critical
 FROM variances AS v
-LEFT JOIN causes AS c USING (material_number, location, unit)
+LEFT JOIN causes AS c USING (partition_hour, material_number, location, unit)
 LEFT JOIN corrections AS k
-    ON k.material_number = v.material_number AND k.location = v.location AND k.unit = v.unit
+    ON k.partition_hour = v.partition_hour AND k.material_number = v.material_number AND k.location = v.location AND k.unit = v.unit
    AND k.cause = c.cause AND k.explained_by = c.transaction_ids
