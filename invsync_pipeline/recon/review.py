@@ -176,9 +176,14 @@ def adopt_held(conn: duckdb.DuckDBPyConnection, store: ReviewStore, recent_hours
 
     cur = conn.execute("SELECT * FROM recon.corrections WHERE status = ? ORDER BY partition_hour", [HELD])
     names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
+    # Evidence only for the missing ones: every run calls this, and the held items of a plant's
+    # history grow; gathering evidence for each of them every run cost seconds per run.
+    known = store.known([row["correction_id"] for row in rows])
     adopted = 0
-    for values in cur.fetchall():
-        row = dict(zip(names, values, strict=True))
+    for row in rows:
+        if row["correction_id"] in known:
+            continue
         c = Correction(**{k: row[k] for k in Correction.__dataclass_fields__ if k != "explained_by"},
                        explained_by=tuple(row["explained_by"]))  # fmt: skip
         c = replace(c, quantity=Decimal(str(c.quantity)), method=c.method or "adjust")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -202,6 +202,16 @@ class ReviewStore:
         return self.item(cid)
 
     # --- read by everyone ---------------------------------------------------------------------------
+    def known(self, cids: Sequence[str]) -> set[str]:
+        """Those of ``cids`` the store holds, whatever their status."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(cids), 500):  # bound parameters per statement stay few
+                chunk = list(cids[i : i + 500])
+                query = sa.select(self.items.c.correction_id).where(self.items.c.correction_id.in_(chunk))
+                found.update(conn.execute(query).scalars())
+        return found
+
     def item(self, cid: str) -> dict:
         rows = self._rows(sa.select(self.items).where(self._id(cid)))
         if not rows:
