@@ -45,7 +45,7 @@ THREADS = {"n": 0}  # --threads, handed to each plant's process
 def plant_env(home: Path, config: Path, plant: str) -> dict[str, str]:
     env = {**os.environ, "INVSYNC_HOME": str(home), "INVSYNC_CONFIG": str(config), "INVSYNC_PLANT": plant}
     if THREADS["n"]:
-        env["BENCH_DUCKDB_THREADS"] = str(THREADS["n"])
+        env["INVSYNC_DUCKDB_THREADS"] = str(THREADS["n"])  # duckdb.threads of the plant's runs
     return env
 
 
@@ -60,9 +60,6 @@ def reconcile_child() -> dict:
 
     settings = load_settings()
     assets = [inventory_variances, variance_investigation]
-    if threads := os.environ.get("BENCH_DUCKDB_THREADS"):
-        with open_warehouse(settings.warehouse_path) as conn:  # a DuckDB setting kept in the file
-            conn.execute(f"SET GLOBAL threads = {int(threads)}")
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     instance = dg.DagsterInstance.ephemeral()
     # Ready, then wait for the go: the plants' runs start together, after every process has

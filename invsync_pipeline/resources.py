@@ -117,7 +117,7 @@ class WarehouseResource(dg.ConfigurableResource):
         if self._run_conn is None:
             # A run waits for a reader that holds the file (an analyst's session) before failing.
             cfg = load_settings().duckdb
-            self._run_conn = connect_warehouse(self.resolved_path(), memory_limit=cfg.memory_limit,
+            self._run_conn = connect_warehouse(self.resolved_path(), memory_limit=cfg.memory_limit, threads=cfg.threads,
                                                lock_wait_seconds=cfg.lock_wait_seconds)  # fmt: skip
         try:
             yield self._run_conn

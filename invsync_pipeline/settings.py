@@ -196,6 +196,7 @@ ENVIRONMENT: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("INVSYNC_MES_URL", ("mes", "base_url")),
     ("INVSYNC_ERP_URL", ("erp", "url")),
     ("INVSYNC_DUCKDB_MEMORY_LIMIT", ("duckdb", "memory_limit")),
+    ("INVSYNC_DUCKDB_THREADS", ("duckdb", "threads")),
     ("INVSYNC_ALERT_WEBHOOK_URL", ("alert_webhook_url",)),
     ("INVSYNC_OPS_DB_URL", ("ops_db_url",)),
     ("INVSYNC_REVIEW_PASSWORD", ("review_password",)),

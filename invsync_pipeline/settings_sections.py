@@ -96,6 +96,9 @@ class DuckDBSettings(_Strict):
     # How long a run (or the CLI) waits while another process holds the file's lock before it
     # fails saying which process that is.
     lock_wait_seconds: float = Field(default=120.0, ge=0, le=3600)
+    # Threads of a run's DuckDB (None: DuckDB's default, every core). Where several plants'
+    # runs share a machine (plants on their own, docs/deploy.md), give each its share of cores.
+    threads: int | None = Field(default=None, ge=1, le=1024)
 
 
 class ReviewSettings(_Strict):

@@ -81,10 +81,11 @@ def _connect(path: Path, read_only: bool, wait_seconds: float) -> duckdb.DuckDBP
 
 
 def connect_warehouse(
-    path: str | Path, *, memory_limit: str | None = None, lock_wait_seconds: float = 0.0
+    path: str | Path, *, memory_limit: str | None = None, lock_wait_seconds: float = 0.0, threads: int | None = None
 ) -> duckdb.DuckDBPyConnection:
     """A read-write connection with UTC as its time zone and the schema in place; close it yourself.
-    ``memory_limit`` caps DuckDB's memory (settings ``duckdb.memory_limit``); None keeps its default.
+    ``memory_limit`` caps DuckDB's memory (settings ``duckdb.memory_limit``), ``threads`` its
+    threads (``duckdb.threads``); None keeps DuckDB's default.
     ``lock_wait_seconds``: how long to wait while another process holds the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,8 @@ def connect_warehouse(
         conn.execute("SET TimeZone = 'UTC'")
         if memory_limit:
             conn.execute(f"SET memory_limit = '{memory_limit}'")  # validated by settings: digits and a unit
+        if threads:
+            conn.execute(f"SET threads = {int(threads)}")
         ensure_schema(conn)
     except BaseException:
         conn.close()

@@ -166,3 +166,18 @@ def test_analyst_db_shows_every_plants_rows_with_its_plant(two_plants, tmp_path)
     with duckdb.connect(str(target), read_only=True) as conn:
         rows = conn.execute("SELECT plant, count(*) FROM recon.variances GROUP BY ALL ORDER BY 1").fetchall()
     assert rows == [("WH01", 2), ("WH02", 3)]
+
+
+def test_a_plants_runs_take_the_duckdb_threads_it_is_given(two_plants, monkeypatch):
+    """Plants sharing a machine give each run its share of cores (duckdb.threads)."""
+    from invsync_pipeline.resources import WarehouseResource
+
+    monkeypatch.setenv("INVSYNC_DUCKDB_THREADS", "1")
+    assert load_settings().duckdb.threads == 1
+    resource = WarehouseResource(path=str(load_settings(plant="WH01").warehouse_path))
+    resource.setup_for_execution(None)  # as inside a run: the run's one connection
+    try:
+        with resource.connect() as conn:
+            assert conn.execute("SELECT current_setting('threads')").fetchone()[0] == 1
+    finally:
+        resource.teardown_after_execution(None)
