@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable
@@ -139,12 +140,9 @@ class StagedEventLog:
         """The segments of one hour, oldest first, each as its Parquet twin when it has one, else
         as its JSON Lines file: the same rows either way, the twin faster to read."""
         folder = self.events_dir / hour_dir_name(partition_key)
-        if not folder.is_dir():
-            return []
-        names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+        twins = {p for p in folder.glob("*.parquet") if not p.name.startswith(".")}
         return [
-            folder / (f"{name[: -len('.jsonl')]}.parquet" if f"{name[: -len('.jsonl')]}.parquet" in names else name)
-            for name in sorted(n for n in names if n.endswith(".jsonl"))
+            p.with_suffix(".parquet") if p.with_suffix(".parquet") in twins else p for p in self.segments(partition_key)
         ]
 
     def partitions_with_segments_after(self, segment_id: str) -> dict[str, str]:
@@ -237,7 +235,7 @@ def columnar_twins(segments: Iterable[Path], con: duckdb.DuckDBPyConnection | No
                     os.replace(data, final)
                     written.append(final)
             finally:
-                _remove_tree(tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
             _fsync_dir(folder)
     finally:
         if own:
@@ -259,17 +257,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _remove_tree(folder: Path) -> None:
-    if not folder.exists():
-        return
-    for part in folder.iterdir():
-        if part.is_dir():
-            _remove_tree(part)
-        else:
-            part.unlink()
-    folder.rmdir()
 
 
 def _fsync_dir(folder: Path) -> None:

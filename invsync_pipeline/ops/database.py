@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 
-def ops_url(url: str) -> sa.URL:
-    """The URL with this project's PostgreSQL driver when none is named."""
+def with_project_driver(url: str) -> sa.URL:
+    """The URL with this project's PostgreSQL driver when none is named (the ERP store's too)."""
     parsed = sa.make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver this project ships with
@@ -26,7 +26,7 @@ def ops_url(url: str) -> sa.URL:
 
 
 def ops_engine(url: str | sa.URL) -> sa.Engine:
-    parsed = ops_url(url) if isinstance(url, str) else url
+    parsed = with_project_driver(url) if isinstance(url, str) else url
     if parsed.get_backend_name() != "sqlite":
         return sa.create_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":

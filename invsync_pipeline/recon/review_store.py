@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from invsync_pipeline.ops.database import ops_engine, ops_url
+from invsync_pipeline.ops.database import ops_engine, with_project_driver
 from invsync_pipeline.recon.corrections import Correction, ReviewError
 from invsync_pipeline.settings import Settings
 
@@ -93,7 +93,7 @@ class ReviewStore:
 
     def __init__(self, url: str, *, schema: str | None = None, plant: str | None = None) -> None:
         self.plant = plant
-        self.url = ops_url(url)
+        self.url = with_project_driver(url)
         self.engine = ops_engine(self.url)
         self.meta, self.items, self.audit = _tables(schema)
         with self.engine.begin() as conn:

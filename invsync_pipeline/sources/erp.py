@@ -21,6 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from invsync_pipeline.contract import InventoryEvent
+from invsync_pipeline.ops.database import with_project_driver
 from invsync_pipeline.settings import ConfigError, Settings
 from invsync_pipeline.sources.erp_movements import DEBIT, document_events
 from invsync_pipeline.sources.erp_posting import (
@@ -89,9 +90,7 @@ class ErpDatabase:
         schema: str | None = None,
         prefix: str = "",
     ) -> None:
-        self.url = sa.make_url(url)
-        if self.url.drivername == "postgresql":
-            self.url = self.url.set(drivername="postgresql+psycopg")  # the driver this project ships with
+        self.url = with_project_driver(url)
         self.dialect = self.url.get_backend_name()
         self.schema = schema
         self.tables: ErpTables = build_tables(tables_mapping, schema=schema, prefix=prefix)
