@@ -39,13 +39,10 @@ from invsync_pipeline.warehouse import open_warehouse
 QUEUES = [{"name": "all", "material_types": ["*"]}]
 
 
-THREADS = {"n": 0}  # --threads, handed to each plant's process
-
-
-def plant_env(home: Path, config: Path, plant: str) -> dict[str, str]:
+def plant_env(home: Path, config: Path, plant: str, threads: int) -> dict[str, str]:
     env = {**os.environ, "INVSYNC_HOME": str(home), "INVSYNC_CONFIG": str(config), "INVSYNC_PLANT": plant}
-    if THREADS["n"]:
-        env["INVSYNC_DUCKDB_THREADS"] = str(THREADS["n"])  # duckdb.threads of the plant's runs
+    if threads:
+        env["INVSYNC_DUCKDB_THREADS"] = str(threads)  # duckdb.threads of the plant's runs
     return env
 
 
@@ -76,11 +73,12 @@ def reconcile_child() -> dict:
             "pool": inventory_variances.op.pool, "started": started, "finished": finished}  # fmt: skip
 
 
-def run_plants(home: Path, config: Path, plants: list[str]) -> tuple[float, list[dict]]:
+def run_plants(home: Path, config: Path, plants: list[str], threads: int) -> tuple[float, list[dict]]:
     """The plants' runs started together once every process is ready; (seconds from the first
     run's start to the last one's end; their results)."""
-    procs = [subprocess.Popen([sys.executable, __file__, "--part", "reconcile"], env=plant_env(home, config, p),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for p in plants]  # fmt: skip
+    command = [sys.executable, __file__, "--part", "reconcile"]
+    procs = [subprocess.Popen(command, env=plant_env(home, config, p, threads), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for p in plants]  # fmt: skip
     for plant, proc in zip(plants, procs, strict=True):
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"plant {plant}: its process did not get ready (its error is above)")
@@ -112,7 +110,6 @@ def main() -> None:
     if args.material_locations <= 0 or args.material_locations % LOCATIONS_PER_MATERIAL:
         parser.error(f"--material-locations: {args.material_locations} is not a positive multiple of "
                      f"{LOCATIONS_PER_MATERIAL}")  # fmt: skip
-    THREADS["n"] = args.threads
     plants = [f"WH{n:02d}" for n in range(1, args.plants + 1)]
     home = Path(tempfile.mkdtemp(prefix="invsync-bench-plants-"))
     try:
@@ -130,9 +127,9 @@ def main() -> None:
         for n in range(args.repeat):
             for path in paths.values():  # every round starts from the same files
                 shutil.copyfile(source, path)
-            one, _ = run_plants(home, config, plants[:1])
-            serial = sum(run_plants(home, config, [p])[0] for p in plants)
-            parallel, results = run_plants(home, config, plants)
+            one, _ = run_plants(home, config, plants[:1], args.threads)
+            serial = sum(run_plants(home, config, [p], args.threads)[0] for p in plants)
+            parallel, results = run_plants(home, config, plants, args.threads)
             assert len({r["path"] for r in results}) == len(plants), "plants must not share a DuckDB file"
             assert len({r["pool"] for r in results}) == len(plants), "plants must not share a writer pool"
             rounds.append({"one_plant_s": one, "serial_s": serial, "parallel_s": parallel})
